@@ -1,0 +1,15 @@
+//! The unit of the write-ahead log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::DataPoint;
+
+/// One shard's share of one ingest request: the unit written to the write-ahead log (later:
+/// one Raft log entry) and applied by the shard's state machine. `received_ms` is the
+/// ingesting node's arrival stamp, carried so that apply() reads no clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardBatch {
+    pub shard: u32,
+    pub received_ms: i64,
+    pub points: Vec<DataPoint>,
+}

@@ -1,0 +1,101 @@
+//! The one binary codec: bincode 2 (serde mode, standard config).
+//!
+//! This is the only module that names bincode, so a successor replaces it in one file.
+//! Decoding caps allocations at [`DECODE_LIMIT`] bytes so a hostile or corrupt frame cannot
+//! make the node allocate gigabytes, and rejects trailing bytes (a frame is exactly one value).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The most a single decoded value may allocate.
+pub const DECODE_LIMIT: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("encode: {0}")]
+    Encode(String),
+    #[error("decode: {0}")]
+    Decode(String),
+    #[error("decode: {0} trailing bytes")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::new();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
+}
+
+/// Appends the encoding of `value` to `buf`.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, buf, bincode::config::standard())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DataPoint, ShardBatch};
+    use proptest::prelude::*;
+
+    fn batch_strategy() -> impl Strategy<Value = ShardBatch> {
+        let point = (
+            "[a-z_][a-z0-9_.]{0,20}",
+            any::<i64>(),
+            -1e300f64..1e300,
+            proptest::collection::vec(("[a-z]{1,8}", ".{0,16}"), 0..4),
+        )
+            .prop_map(|(metric, ts, value, dims)| DataPoint {
+                metric,
+                timestamp_ms: ts,
+                value,
+                dimensions: dims,
+            });
+        (any::<u32>(), any::<i64>(), proptest::collection::vec(point, 0..20)).prop_map(
+            |(shard, received_ms, points)| ShardBatch {
+                shard,
+                received_ms,
+                points,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn shard_batches_round_trip(b in batch_strategy()) {
+            let bytes = encode(&b).unwrap();
+            let back: ShardBatch = decode(&bytes).unwrap();
+            prop_assert_eq!(back, b);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<ShardBatch>(&bytes);
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_and_huge_lengths_are_errors() {
+        let mut bytes = encode(&7u32).unwrap();
+        bytes.push(0);
+        assert!(matches!(decode::<u32>(&bytes), Err(CodecError::Trailing(1))));
+        // A vector claiming 2^60 elements must fail on the limit, not try to allocate.
+        let mut evil = vec![0xFFu8];
+        evil.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<Vec<u64>>(&evil).is_err());
+    }
+}

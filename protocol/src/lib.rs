@@ -1,0 +1,21 @@
+//! Pulseboard's wire types and formats, shared by the server, clients and the cluster.
+//!
+//! - `point`: [`DataPoint`], dimension rules, limits, series identity and shard placement.
+//! - `json`: the JSON ingest body (`POST /api/v1/ingest`).
+//! - `line`: the InfluxDB line protocol (`POST /api/v1/write`).
+//! - `batch`: [`ShardBatch`], one shard's share of a request: the unit of the log.
+//! - `codec`: the one binary encoding (bincode 2, behind this module only).
+//! - `time`: timestamps, durations and relative times (`now-15m`).
+//!
+//! Nothing here knows tokio, sockets or files: the crate is pure, so every parser can be
+//! tested and fuzzed in isolation.
+
+pub mod batch;
+pub mod codec;
+pub mod json;
+pub mod line;
+pub mod point;
+pub mod time;
+
+pub use batch::ShardBatch;
+pub use point::{DataPoint, Dimensions, Limits, PointError};

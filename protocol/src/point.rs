@@ -1,0 +1,201 @@
+//! Data points, the rules for names and dimensions (SPEC §1), and series identity.
+
+use serde::{Deserialize, Serialize};
+
+/// One event-time measurement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataPoint {
+    pub metric: String,
+    pub timestamp_ms: i64,
+    pub value: f64,
+    pub dimensions: Dimensions,
+}
+
+/// Sorted by key, keys unique. This canonical order is what makes a series identity.
+pub type Dimensions = Vec<(String, String)>;
+
+/// Per-request limits on untrusted input.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_points: usize,
+    pub max_dimensions: usize,
+    pub max_dimension_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_points: 100_000,
+            max_dimensions: 32,
+            max_dimension_value_bytes: 256,
+        }
+    }
+}
+
+/// What is wrong with one point of a batch.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[error("data_points[{index}].{field}: {reason}")]
+pub struct PointError {
+    pub index: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+/// The longest metric name or dimension key, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let Some(&first) = bytes.first() else {
+        return Err("is empty".into());
+    };
+    if bytes.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes, the limit is {MAX_NAME_BYTES}",
+            bytes.len()
+        ));
+    }
+    if !(first.is_ascii_alphabetic() || first == b'_') {
+        return Err(format!(
+            "must start with a letter or '_', not {:?}",
+            name.chars().next().unwrap_or(' ')
+        ));
+    }
+    if let Some(pos) = bytes
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')))
+    {
+        let ch = name[pos..].chars().next().unwrap_or(' ');
+        return Err(format!(
+            "contains {ch:?} at byte {pos}; allowed: letters, digits, '_', '.', ':', '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_.:-]{0,199}`; `Err` says what is wrong.
+pub fn validate_metric_name(name: &str) -> Result<(), String> {
+    validate_name(name)
+}
+
+/// Dimension keys follow the metric-name pattern.
+pub fn validate_dimension_key(key: &str) -> Result<(), String> {
+    validate_name(key)
+}
+
+/// Sorts by key, rejects duplicate keys, too many pairs, bad keys, values over the byte limit.
+pub fn normalize_dimensions(
+    mut dims: Vec<(String, String)>,
+    limits: &Limits,
+) -> Result<Dimensions, String> {
+    if dims.len() > limits.max_dimensions {
+        return Err(format!(
+            "has {} dimensions, the limit is {}",
+            dims.len(),
+            limits.max_dimensions
+        ));
+    }
+    for (k, v) in &dims {
+        validate_dimension_key(k).map_err(|r| format!("key {k:?} {r}"))?;
+        if v.len() > limits.max_dimension_value_bytes {
+            return Err(format!(
+                "value of {k:?} is {} bytes, the limit is {}",
+                v.len(),
+                limits.max_dimension_value_bytes
+            ));
+        }
+    }
+    dims.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = dims.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(format!("key {:?} appears twice", w[0].0));
+    }
+    Ok(dims)
+}
+
+/// Seed of the series hash. Never change it: hashes are persisted and place series on shards.
+const SERIES_SEED: u64 = 0x5075_6c73_6562_6f61; // "Pulseboa"
+
+/// Stable 64-bit identity of a series: xxh3-64 with a fixed seed over a length-prefixed
+/// encoding of the metric and the sorted dimensions (so `("ab","c")` and `("a","bc")` differ).
+/// Stable across versions and machines: a test pins a known value.
+pub fn series_hash(metric: &str, dims: &Dimensions) -> u64 {
+    let mut buf = Vec::with_capacity(
+        8 + metric.len() + dims.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>(),
+    );
+    let mut put = |s: &str| {
+        buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        buf.extend_from_slice(s.as_bytes());
+    };
+    put(metric);
+    for (k, v) in dims {
+        put(k);
+        put(v);
+    }
+    xxhash_rust::xxh3::xxh3_64_with_seed(&buf, SERIES_SEED)
+}
+
+/// Which of `shard_count` virtual shards owns the series: Lemire's multiply-shift reduction,
+/// uniform for a uniform hash and cheaper than `%`.
+pub fn shard_for(hash: u64, shard_count: u32) -> u32 {
+    ((hash as u128 * shard_count as u128) >> 64) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_metric_name("clicks").is_ok());
+        assert!(validate_metric_name("_a.b:c-d9").is_ok());
+        assert!(validate_metric_name("").unwrap_err().contains("empty"));
+        assert!(validate_metric_name("9a").unwrap_err().contains("start"));
+        assert!(validate_metric_name("a b").unwrap_err().contains("byte 1"));
+        assert!(validate_metric_name(&"a".repeat(201))
+            .unwrap_err()
+            .contains("201 bytes"));
+        assert!(validate_metric_name(&"a".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn dimensions_are_sorted_and_checked() {
+        let l = Limits::default();
+        let d = normalize_dimensions(vec![("b".into(), "1".into()), ("a".into(), "2".into())], &l)
+            .unwrap();
+        assert_eq!(d[0].0, "a");
+        assert!(normalize_dimensions(vec![("a".into(), "1".into()), ("a".into(), "2".into())], &l)
+            .unwrap_err()
+            .contains("twice"));
+        assert!(normalize_dimensions(vec![("a".into(), "x".repeat(257))], &l)
+            .unwrap_err()
+            .contains("257"));
+        let many = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(normalize_dimensions(many, &l).unwrap_err().contains("33"));
+        assert!(normalize_dimensions(vec![("1a".into(), "x".into())], &l).is_err());
+    }
+
+    /// `series_hash("clicks", [country=de])` as first computed; it must never change.
+    const PINNED: u64 = 0x042d_af6c_3a21_4c7a;
+
+    #[test]
+    fn series_hash_is_pinned_and_unambiguous() {
+        let d = vec![("country".to_string(), "de".to_string())];
+        // Persisted and used for placement: this value must never change.
+        assert_eq!(series_hash("clicks", &d), PINNED);
+        let a = vec![("ab".to_string(), "c".to_string())];
+        let b = vec![("a".to_string(), "bc".to_string())];
+        assert_ne!(series_hash("m", &a), series_hash("m", &b));
+    }
+
+    #[test]
+    fn shards_are_in_range_and_spread() {
+        let mut counts = [0u32; 16];
+        for i in 0..16_000u64 {
+            let h = series_hash("m", &vec![("i".into(), i.to_string())]);
+            counts[shard_for(h, 16) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert_eq!(shard_for(u64::MAX, 1), 0);
+        assert_eq!(shard_for(u64::MAX, 1024), 1023);
+    }
+}
