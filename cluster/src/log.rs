@@ -1,0 +1,279 @@
+//! The shared write-ahead log: segments, record framing, group commit, recovery, release.
+//!
+//! # On disk
+//! `<dir>/<segment id, 20 digits>.wal`, each starting with [`MAGIC`]. A record is
+//! `[len: u32][crc32: u32][group: u32][index: u64][payload]`, little endian, where `len`
+//! counts group, index and payload and the CRC covers the same bytes.
+//!
+//! # Writing
+//! [`SharedLog::append_many`] puts a request's records on a bounded queue as one message. The
+//! writer thread takes everything queued (up to `max_batch_bytes`), assigns each record the
+//! next index of its group, writes the round with one `write`, syncs once, and only then hands
+//! each value to [`Apply::apply`] in log order. A write or sync error stops the log for good:
+//! the round's values are dropped (their requesters see the drop and answer 503) and every
+//! later append fails with [`LogError::Closed`] — nothing is acknowledged that is not durable.
+//!
+//! # Recovery
+//! Segments are scanned in order; records above each group's `applied` index are replayed. A
+//! torn or corrupt tail of the last segment is truncated at the last good record and reported.
+//! Damage anywhere else is an error: starting would silently drop acknowledged records.
+//!
+//! # Release
+//! Once a group's state machine has snapshotted up to an index, [`SharedLog::release`] lets the
+//! writer delete closed segments whose every record is covered.
+
+mod recovery;
+mod segment;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use recovery::{RecoveryReport, Truncation};
+
+/// First bytes of every segment file.
+pub const MAGIC: &[u8; 8] = b"PBWAL001";
+/// Bytes of a record's frame before the payload.
+pub const RECORD_HEADER: usize = 4 + 4 + 4 + 8;
+/// The largest payload accepted; also what recovery believes before allocating.
+pub const MAX_PAYLOAD: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// `fdatasync` before acknowledging (the default).
+    Always,
+    /// No sync at all: benchmarks and tests only; a crash may lose acknowledged records.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// Roll to a new segment past this many bytes.
+    pub segment_bytes: u64,
+    pub fsync: FsyncMode,
+    /// Sleep after each sync, to see how a design behaves on slow disks.
+    pub simulated_fsync_delay: Option<Duration>,
+    /// Pending append calls; when full, `append` fails with [`LogError::Full`].
+    pub queue_capacity: usize,
+    /// Bytes written per group-commit round, at most (a round always takes one message).
+    pub max_batch_bytes: usize,
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            fsync: FsyncMode::Always,
+            simulated_fsync_delay: None,
+            queue_capacity: 4096,
+            max_batch_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Receives durable records, on the writer thread, in log order. Must be quick: it forwards.
+pub trait Apply<T>: Send + 'static {
+    fn apply(&mut self, group: u32, index: u64, value: T);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("write-ahead log: {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("write-ahead log: {path} is damaged at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("write-ahead log: replaying group {group} index {index}: {reason}")]
+    Replay {
+        group: u32,
+        index: u64,
+        reason: String,
+    },
+    #[error("write-ahead log: queue is full")]
+    Full,
+    #[error("write-ahead log: closed")]
+    Closed,
+    #[error("write-ahead log: record of {bytes} bytes is over the limit of {max}")]
+    TooLarge { bytes: usize, max: usize },
+}
+
+/// A snapshot of the log's counters.
+#[derive(Clone, Debug, Default)]
+pub struct LogStats {
+    pub appended_records: u64,
+    pub appended_bytes: u64,
+    pub syncs: u64,
+    pub sync_seconds_total: f64,
+    pub last_sync_micros: u64,
+    pub queue_depth: u64,
+    pub segments: u64,
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
+    last_sync_micros: AtomicU64,
+    queue_depth: AtomicU64,
+    segments: AtomicU64,
+    errors: AtomicU64,
+}
+
+enum Msg<T> {
+    Append(Vec<(u32, Vec<u8>, T)>),
+    Release(u32, u64),
+    Shutdown(mpsc::Sender<Result<(), String>>),
+}
+
+pub struct SharedLog<T: Send + 'static> {
+    tx: SyncSender<Msg<T>>,
+    closed: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> SharedLog<T> {
+    /// Recovers `config.dir` (see the module doc), replaying every record whose index is above
+    /// `applied[group]` through `replay`, then starts the writer thread.
+    pub fn open(
+        config: LogConfig,
+        applied: &HashMap<u32, u64>,
+        replay: impl FnMut(u32, u64, &[u8]) -> Result<(), String>,
+        apply: impl Apply<T>,
+    ) -> Result<(Self, RecoveryReport), LogError> {
+        std::fs::create_dir_all(&config.dir).map_err(|source| LogError::Io {
+            op: "create",
+            path: config.dir.clone(),
+            source,
+        })?;
+        let recovered = recovery::recover(&config.dir, applied, replay)?;
+        let report = recovered.report.clone();
+        let counters = Arc::new(Counters::default());
+        let closed = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let writer = writer::Writer::new(
+            config,
+            recovered,
+            applied,
+            Box::new(apply),
+            counters.clone(),
+            closed.clone(),
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| LogError::Io {
+                op: "spawn writer thread",
+                path: PathBuf::new(),
+                source,
+            })?;
+        Ok((
+            Self {
+                tx,
+                closed,
+                counters,
+                thread: Some(thread),
+            },
+            report,
+        ))
+    }
+
+    pub fn append(&self, group: u32, payload: Vec<u8>, value: T) -> Result<(), LogError> {
+        self.append_many(vec![(group, payload, value)])
+    }
+
+    /// Enqueues a request's records as one unit: they enter the same group-commit round, in
+    /// this order. Never blocks: [`LogError::Full`] when the queue is full.
+    pub fn append_many(&self, records: Vec<(u32, Vec<u8>, T)>) -> Result<(), LogError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        if let Some((_, p, _)) = records.iter().find(|(_, p, _)| p.len() > MAX_PAYLOAD) {
+            return Err(LogError::TooLarge {
+                bytes: p.len(),
+                max: MAX_PAYLOAD,
+            });
+        }
+        self.counters.queue_depth.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Msg::Append(records)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => LogError::Full,
+                    TrySendError::Disconnected(_) => LogError::Closed,
+                })
+            }
+        }
+    }
+
+    /// The state machine of `group` has durably snapshotted everything up to `index`.
+    pub fn release(&self, group: u32, index: u64) {
+        // Blocking send is fine: releases are rare and the queue drains continuously.
+        let _ = self.tx.send(Msg::Release(group, index));
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let c = &self.counters;
+        LogStats {
+            appended_records: c.appended_records.load(Ordering::Relaxed),
+            appended_bytes: c.appended_bytes.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            sync_seconds_total: c.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            last_sync_micros: c.last_sync_micros.load(Ordering::Relaxed),
+            queue_depth: c.queue_depth.load(Ordering::Relaxed),
+            segments: c.segments.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes and syncs everything queued, then stops the writer thread.
+    pub fn shutdown(mut self) -> Result<(), LogError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), LogError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let result = if self.tx.send(Msg::Shutdown(ack_tx)).is_ok() {
+            ack_rx.recv().unwrap_or(Ok(()))
+        } else {
+            Ok(())
+        };
+        let _ = thread.join();
+        self.closed.store(true, Ordering::Release);
+        result.map_err(|reason| LogError::Io {
+            op: "final sync",
+            path: PathBuf::new(),
+            source: std::io::Error::other(reason),
+        })
+    }
+}
+
+impl<T: Send + 'static> Drop for SharedLog<T> {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests;

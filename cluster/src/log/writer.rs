@@ -1,0 +1,281 @@
+//! The writer thread: group commit, apply in order, segment roll and release.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{error, info};
+
+use super::recovery::{Recovered, SegmentInfo};
+use super::segment;
+use super::{Apply, Counters, FsyncMode, LogConfig, LogError, Msg, MAGIC};
+
+pub struct Writer<T> {
+    config: LogConfig,
+    apply: Box<dyn Apply<T>>,
+    counters: Arc<Counters>,
+    closed: Arc<AtomicBool>,
+    file: File,
+    /// Bytes in the active segment.
+    len: u64,
+    /// The active segment is the last one.
+    segments: Vec<SegmentInfo>,
+    next_index: HashMap<u32, u64>,
+    released: HashMap<u32, u64>,
+    buf: Vec<u8>,
+}
+
+impl<T: Send + 'static> Writer<T> {
+    pub fn new(
+        config: LogConfig,
+        recovered: Recovered,
+        applied: &HashMap<u32, u64>,
+        apply: Box<dyn Apply<T>>,
+        counters: Arc<Counters>,
+        closed: Arc<AtomicBool>,
+    ) -> Result<Self, LogError> {
+        let mut next_index: HashMap<u32, u64> = recovered
+            .last_index
+            .iter()
+            .map(|(g, i)| (*g, i + 1))
+            .collect();
+        for (g, a) in applied {
+            let n = next_index.entry(*g).or_insert(a + 1);
+            *n = (*n).max(a + 1);
+        }
+        let mut segments = recovered.segments;
+        let (file, len) = match segments.last() {
+            Some(last) => {
+                let p = segment::path(&config.dir, last.id);
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .map_err(|source| LogError::Io {
+                        op: "open for append",
+                        path: p,
+                        source,
+                    })?;
+                (f, recovered.last_len.max(MAGIC.len() as u64))
+            }
+            None => {
+                segments.push(SegmentInfo {
+                    id: 1,
+                    max_index: HashMap::new(),
+                });
+                (segment::create(&config.dir, 1)?, MAGIC.len() as u64)
+            }
+        };
+        counters
+            .segments
+            .store(segments.len() as u64, Ordering::Relaxed);
+        let mut w = Self {
+            config,
+            apply,
+            counters,
+            closed,
+            file,
+            len,
+            segments,
+            next_index,
+            released: applied.clone(),
+            buf: Vec::with_capacity(1 << 20),
+        };
+        // Segments already covered by snapshots can go right away.
+        w.delete_released();
+        Ok(w)
+    }
+
+    pub fn run(mut self, rx: Receiver<Msg<T>>) {
+        let mut round: Vec<(u32, u64, T)> = Vec::new();
+        let mut pending_shutdown = None;
+        loop {
+            let first = match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return, // every sender is gone
+            };
+            let mut next = Some(first);
+            // Drain what is queued into one round, up to the byte cap.
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append(records) => {
+                        self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                        for (group, payload, value) in records {
+                            let index = self.next_index.entry(group).or_insert(1);
+                            segment::encode_record(&mut self.buf, group, *index, &payload);
+                            round.push((group, *index, value));
+                            *index += 1;
+                        }
+                    }
+                    Msg::Release(group, index) => {
+                        let r = self.released.entry(group).or_insert(0);
+                        *r = (*r).max(index);
+                    }
+                    Msg::Shutdown(ack) => {
+                        pending_shutdown = Some(ack);
+                        break;
+                    }
+                }
+                if self.buf.len() >= self.config.max_batch_bytes {
+                    break;
+                }
+                next = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+                };
+            }
+            if !round.is_empty() {
+                if let Err(e) = self.commit(&round) {
+                    error!(cause = %e, "write-ahead log failed; refusing further writes");
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.closed.store(true, Ordering::Release);
+                    // Dropping the values tells every waiting request it was not stored.
+                    round.clear();
+                    self.buf.clear();
+                    if let Some(ack) = pending_shutdown.take() {
+                        let _ = ack.send(Err(e.to_string()));
+                    }
+                    self.drain_after_failure(&rx);
+                    return;
+                }
+                for (group, index, value) in round.drain(..) {
+                    self.apply.apply(group, index, value);
+                }
+            }
+            if self.len >= self.config.segment_bytes {
+                if let Err(e) = self.roll() {
+                    error!(cause = %e, "write-ahead log could not start a new segment");
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.closed.store(true, Ordering::Release);
+                    self.drain_after_failure(&rx);
+                    return;
+                }
+            }
+            if let Some(ack) = pending_shutdown.take() {
+                let result = self.file.sync_all().map_err(|e| e.to_string());
+                let _ = ack.send(result);
+                return;
+            }
+        }
+    }
+
+    /// After a failure: answer shutdown requests, drop appends (their waiters see it).
+    fn drain_after_failure(&mut self, rx: &Receiver<Msg<T>>) {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Msg::Append(_) => {
+                    self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                }
+                Msg::Release(..) => {}
+                Msg::Shutdown(ack) => {
+                    let _ = ack.send(Err("the log had failed earlier".into()));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, round: &[(u32, u64, T)]) -> Result<(), LogError> {
+        let path = segment::path(&self.config.dir, self.active_id());
+        self.file
+            .write_all(&self.buf)
+            .map_err(|source| LogError::Io {
+                op: "write",
+                path: path.clone(),
+                source,
+            })?;
+        if self.config.fsync == FsyncMode::Always {
+            let t = Instant::now();
+            self.file.sync_data().map_err(|source| LogError::Io {
+                op: "fdatasync",
+                path,
+                source,
+            })?;
+            if let Some(d) = self.config.simulated_fsync_delay {
+                std::thread::sleep(d);
+            }
+            let took = t.elapsed();
+            self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .sync_nanos
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            self.counters
+                .last_sync_micros
+                .store(took.as_micros() as u64, Ordering::Relaxed);
+        }
+        self.len += self.buf.len() as u64;
+        self.counters
+            .appended_bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.counters
+            .appended_records
+            .fetch_add(round.len() as u64, Ordering::Relaxed);
+        let active = self.segments.len() - 1;
+        for (group, index, _) in round {
+            self.segments[active].max_index.insert(*group, *index);
+        }
+        self.buf.clear();
+        if self.buf.capacity() > 4 * self.config.max_batch_bytes {
+            self.buf.shrink_to(self.config.max_batch_bytes);
+        }
+        Ok(())
+    }
+
+    fn active_id(&self) -> u64 {
+        self.segments.last().map_or(1, |s| s.id)
+    }
+
+    fn roll(&mut self) -> Result<(), LogError> {
+        let id = self.active_id() + 1;
+        self.file.sync_all().map_err(|source| LogError::Io {
+            op: "fsync",
+            path: segment::path(&self.config.dir, self.active_id()),
+            source,
+        })?;
+        self.file = segment::create(&self.config.dir, id)?;
+        self.len = MAGIC.len() as u64;
+        self.segments.push(SegmentInfo {
+            id,
+            max_index: HashMap::new(),
+        });
+        self.delete_released();
+        self.counters
+            .segments
+            .store(self.segments.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes closed segments (never the active one) whose records are all released. Only a
+    /// prefix is deleted, so the remaining segments stay contiguous for every group.
+    fn delete_released(&mut self) {
+        let released = &self.released;
+        let covered = |s: &SegmentInfo| {
+            s.max_index
+                .iter()
+                .all(|(g, i)| released.get(g).is_some_and(|r| r >= i))
+        };
+        let closed = self.segments.len().saturating_sub(1);
+        let n = self.segments[..closed]
+            .iter()
+            .take_while(|s| covered(s))
+            .count();
+        if n == 0 {
+            return;
+        }
+        for s in self.segments.drain(..n) {
+            let p = segment::path(&self.config.dir, s.id);
+            match std::fs::remove_file(&p) {
+                Ok(()) => info!(path = %p.display(), "released log segment"),
+                Err(e) => error!(path = %p.display(), cause = %e, "could not delete a released log segment"),
+            }
+        }
+        let _ = segment::sync_dir(Path::new(&self.config.dir));
+        self.counters
+            .segments
+            .store(self.segments.len() as u64, Ordering::Relaxed);
+    }
+}
