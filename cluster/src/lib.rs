@@ -10,4 +10,6 @@
 
 pub mod log;
 
-pub use log::{Apply, FsyncMode, LogConfig, LogError, LogStats, RecoveryReport, SharedLog, Truncation};
+pub use log::{
+    Apply, FsyncMode, LogConfig, LogError, LogStats, RecoveryReport, SharedLog, Truncation,
+};

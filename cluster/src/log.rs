@@ -200,10 +200,17 @@ impl<T: Send + 'static> SharedLog<T> {
     }
 
     /// Enqueues a request's records as one unit: they enter the same group-commit round, in
-    /// this order. Never blocks: [`LogError::Full`] when the queue is full.
+    /// this order, and recovery keeps all of them or none (a unit torn by a crash is dropped
+    /// whole). Never blocks: [`LogError::Full`] when the queue is full. Groups are below 2^31.
     pub fn append_many(&self, records: Vec<(u32, Vec<u8>, T)>) -> Result<(), LogError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
+        }
+        if let Some((g, _, _)) = records.iter().find(|(g, _, _)| *g >= segment::UNIT_END) {
+            return Err(LogError::TooLarge {
+                bytes: *g as usize,
+                max: segment::UNIT_END as usize - 1,
+            });
         }
         if let Some((_, p, _)) = records.iter().find(|(_, p, _)| p.len() > MAX_PAYLOAD) {
             return Err(LogError::TooLarge {

@@ -103,37 +103,58 @@ pub fn recover(
                 source,
             })?
             .len();
-        let mut good_len = 0u64;
-        let scan = scan_segment(
+        // Records of one append_many unit are replayed only once its closing record is seen:
+        // a unit cut short by a crash is dropped whole, so a request is never half-applied.
+        let mut unit: Vec<(u32, u64, Vec<u8>)> = Vec::new();
+        let mut good_len = 0u64; // end of the last complete unit
+        let mut scan = scan_segment(
             BufReader::with_capacity(1 << 20, file),
             &path,
-            &mut good_len,
-            |group, index, payload| {
-                if let Some(&prev) = out.last_index.get(&group) {
-                    if index != prev + 1 {
-                        return Err(LogError::Corrupt {
-                            path: path.clone(),
-                            offset: 0,
-                            reason: format!(
-                                "group {group} jumps from index {prev} to {index}; a segment is missing or out of order"
-                            ),
-                        });
+            |group, index, payload, unit_end, end_offset| {
+                unit.push((group, index, payload.to_vec()));
+                if !unit_end {
+                    return Ok(());
+                }
+                for (group, index, payload) in unit.drain(..) {
+                    if let Some(&prev) = out.last_index.get(&group) {
+                        if index != prev + 1 {
+                            return Err(LogError::Corrupt {
+                                path: path.clone(),
+                                offset: end_offset,
+                                reason: format!(
+                                    "group {group} jumps from index {prev} to {index}; a segment is missing or out of order"
+                                ),
+                            });
+                        }
+                    }
+                    out.last_index.insert(group, index);
+                    info.max_index.insert(group, index);
+                    out.report.records += 1;
+                    if index > applied.get(&group).copied().unwrap_or(0) {
+                        replay(group, index, &payload).map_err(|reason| LogError::Replay {
+                            group,
+                            index,
+                            reason,
+                        })?;
+                        out.report.replayed += 1;
                     }
                 }
-                out.last_index.insert(group, index);
-                info.max_index.insert(group, index);
-                out.report.records += 1;
-                if index > applied.get(&group).copied().unwrap_or(0) {
-                    replay(group, index, payload).map_err(|reason| LogError::Replay {
-                        group,
-                        index,
-                        reason,
-                    })?;
-                    out.report.replayed += 1;
-                }
+                good_len = end_offset;
                 Ok(())
             },
         )?;
+        if good_len == 0 {
+            good_len = MAGIC.len() as u64;
+        }
+        if matches!(scan, Scan::End) && !unit.is_empty() {
+            scan = Scan::Damaged {
+                offset: good_len,
+                reason: format!(
+                    "a write of {} record(s) ends without its closing record",
+                    unit.len()
+                ),
+            };
+        }
         if let Scan::Damaged { offset, reason } = scan {
             if !is_last {
                 return Err(LogError::Corrupt {
@@ -142,13 +163,16 @@ pub fn recover(
                     reason: format!("{reason}; later segments exist, so this is not a torn tail"),
                 });
             }
-            repair(&path, good_len)?;
+            let header_torn = offset == 0;
+            let keep = if header_torn { 0 } else { good_len };
+            repair(&path, keep)?;
             out.report.truncated = Some(Truncation {
                 path: path.clone(),
-                offset: good_len,
-                dropped_bytes: file_len.saturating_sub(good_len),
+                offset: keep,
+                dropped_bytes: file_len.saturating_sub(keep),
                 reason,
             });
+            good_len = keep.max(MAGIC.len() as u64);
         }
         if is_last {
             out.last_len = good_len;
@@ -164,7 +188,10 @@ fn repair(path: &Path, good_len: u64) -> Result<(), LogError> {
         let path = path.to_path_buf();
         move |source| LogError::Io { op, path, source }
     };
-    let f = OpenOptions::new().write(true).open(path).map_err(io("open for repair"))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io("open for repair"))?;
     if good_len < MAGIC.len() as u64 {
         // The header itself was torn (a crash while creating the segment).
         f.set_len(0).map_err(io("truncate"))?;
@@ -180,11 +207,11 @@ fn repair(path: &Path, good_len: u64) -> Result<(), LogError> {
 }
 
 /// Reads records until a clean end or damage; `good_len` ends after the last good record.
+/// Calls `each(group, index, payload, unit_end, end_offset)` for every intact record.
 fn scan_segment(
     mut r: impl Read,
     path: &Path,
-    good_len: &mut u64,
-    mut each: impl FnMut(u32, u64, &[u8]) -> Result<(), LogError>,
+    mut each: impl FnMut(u32, u64, &[u8], bool, u64) -> Result<(), LogError>,
 ) -> Result<Scan, LogError> {
     let mut magic = [0u8; 8];
     let got = read_full(&mut r, &mut magic, path)?;
@@ -208,11 +235,10 @@ fn scan_segment(
             reason: "not a Pulseboard log segment (bad header)".into(),
         });
     }
-    *good_len = MAGIC.len() as u64;
+    let mut offset = MAGIC.len() as u64;
     let mut head = [0u8; 8];
     let mut body = Vec::new();
     loop {
-        let offset = *good_len;
         let got = read_full(&mut r, &mut head, path)?;
         if got == 0 {
             return Ok(Scan::End);
@@ -245,12 +271,19 @@ fn scan_segment(
                 reason: "record checksum mismatch".into(),
             });
         }
-        let group = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+        let tagged = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+        let group = tagged & !segment::UNIT_END;
         let mut ix = [0u8; 8];
         ix.copy_from_slice(&body[4..12]);
         let index = u64::from_le_bytes(ix);
-        each(group, index, &body[12..])?;
-        *good_len = offset + 8 + len as u64;
+        offset += 8 + len as u64;
+        each(
+            group,
+            index,
+            &body[12..],
+            tagged & segment::UNIT_END != 0,
+            offset,
+        )?;
     }
 }
 

@@ -44,13 +44,17 @@ pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
         .map_err(io("fsync directory", dir))
 }
 
-/// Appends one framed record to `buf`.
-pub fn encode_record(buf: &mut Vec<u8>, group: u32, index: u64, payload: &[u8]) {
+/// The high bit of the group field marks the last record of an `append_many` unit.
+pub const UNIT_END: u32 = 1 << 31;
+
+/// Appends one framed record to `buf`; `unit_end` marks the last record of its unit.
+pub fn encode_record(buf: &mut Vec<u8>, group: u32, index: u64, payload: &[u8], unit_end: bool) {
     let len = (RECORD_HEADER - 8 + payload.len()) as u32;
     let start = buf.len();
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(&group.to_le_bytes());
+    let tagged = if unit_end { group | UNIT_END } else { group };
+    buf.extend_from_slice(&tagged.to_le_bytes());
     buf.extend_from_slice(&index.to_le_bytes());
     buf.extend_from_slice(payload);
     let crc = crc32fast::hash(&buf[start + 8..]);

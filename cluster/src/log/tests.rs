@@ -23,11 +23,14 @@ fn config(dir: &Path) -> LogConfig {
 }
 
 type Replayed = Vec<(u32, u64, Vec<u8>)>;
+type Opened = (
+    SharedLog<u32>,
+    RecoveryReport,
+    Replayed,
+    mpsc::Receiver<(u32, u64, u32)>,
+);
 
-fn open(
-    cfg: LogConfig,
-    applied: &HashMap<u32, u64>,
-) -> (SharedLog<u32>, RecoveryReport, Replayed, mpsc::Receiver<(u32, u64, u32)>) {
+fn open(cfg: LogConfig, applied: &HashMap<u32, u64>) -> Opened {
     let (tx, rx) = mpsc::channel();
     let mut replayed = Vec::new();
     let (log, report) = SharedLog::open(
@@ -49,7 +52,11 @@ fn payload(g: u32, n: u32) -> Vec<u8> {
 
 /// Appends in rounds of 16 records, waiting for each round to apply, so that many
 /// group-commit rounds (and segment rolls) happen.
-fn write(log: &SharedLog<u32>, rx: &mpsc::Receiver<(u32, u64, u32)>, records: &[(u32, u32)]) -> Vec<(u32, u64, u32)> {
+fn write(
+    log: &SharedLog<u32>,
+    rx: &mpsc::Receiver<(u32, u64, u32)>,
+    records: &[(u32, u32)],
+) -> Vec<(u32, u64, u32)> {
     let mut out = Vec::new();
     for chunk in records.chunks(16) {
         for &(g, n) in chunk {
@@ -61,7 +68,10 @@ fn write(log: &SharedLog<u32>, rx: &mpsc::Receiver<(u32, u64, u32)>, records: &[
 }
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -107,9 +117,16 @@ fn applied_skips_replay_and_release_deletes_covered_segments() {
     log.release(0, 100);
     log.release(1, 100);
     // Releases take effect at the next roll.
-    write(&log, &rx, &(0..60).map(|n| (0, 1000 + n)).collect::<Vec<_>>());
+    write(
+        &log,
+        &rx,
+        &(0..60).map(|n| (0, 1000 + n)).collect::<Vec<_>>(),
+    );
     let after = segments(dir.path()).len();
-    assert!(after < before, "released segments are deleted ({before} → {after})");
+    assert!(
+        after < before,
+        "released segments are deleted ({before} → {after})"
+    );
     log.shutdown().unwrap();
 
     let applied: HashMap<u32, u64> = [(0, 160), (1, 100)].into();
@@ -149,7 +166,10 @@ fn torn_and_corrupt_tails_are_truncated_and_reported() {
         };
         fs::write(&seg, &bytes).unwrap();
         let (log, report, replayed, rx) = open(LogConfig::new(dir.path()), &HashMap::new());
-        let t = report.truncated.as_ref().unwrap_or_else(|| panic!("{damage}: no truncation reported"));
+        let t = report
+            .truncated
+            .as_ref()
+            .unwrap_or_else(|| panic!("{damage}: no truncation reported"));
         assert!(t.dropped_bytes > 0, "{damage}");
         assert_eq!(replayed.len(), expect, "{damage}: earlier records intact");
         // The log continues cleanly after the repair, and the repair is durable.
@@ -174,9 +194,14 @@ fn damage_before_the_last_segment_is_an_error() {
     bytes[mid] ^= 0xFF;
     fs::write(&segs[1], &bytes).unwrap();
     let (tx, _rx) = mpsc::channel();
-    let err = SharedLog::<u32>::open(config(dir.path()), &HashMap::new(), |_, _, _| Ok(()), Sink(tx))
-        .err()
-        .expect("must refuse to start");
+    let err = SharedLog::<u32>::open(
+        config(dir.path()),
+        &HashMap::new(),
+        |_, _, _| Ok(()),
+        Sink(tx),
+    )
+    .err()
+    .expect("must refuse to start");
     assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
     // A missing middle segment is caught too.
     let dir = tempfile::tempdir().unwrap();
@@ -185,13 +210,26 @@ fn damage_before_the_last_segment_is_an_error() {
     log.shutdown().unwrap();
     fs::remove_file(&segments(dir.path())[1]).unwrap();
     let (tx, _rx) = mpsc::channel();
-    let err = SharedLog::<u32>::open(config(dir.path()), &HashMap::new(), |_, _, _| Ok(()), Sink(tx)).err().expect("gap");
+    let err = SharedLog::<u32>::open(
+        config(dir.path()),
+        &HashMap::new(),
+        |_, _, _| Ok(()),
+        Sink(tx),
+    )
+    .err()
+    .expect("gap");
     assert!(err.to_string().contains("jumps"), "{err}");
     // A foreign file with our naming is refused, not truncated.
     let dir = tempfile::tempdir().unwrap();
     fs::write(segment::path(dir.path(), 1), b"hello world, not a log").unwrap();
     let (tx, _rx) = mpsc::channel();
-    assert!(SharedLog::<u32>::open(config(dir.path()), &HashMap::new(), |_, _, _| Ok(()), Sink(tx)).is_err());
+    assert!(SharedLog::<u32>::open(
+        config(dir.path()),
+        &HashMap::new(),
+        |_, _, _| Ok(()),
+        Sink(tx)
+    )
+    .is_err());
 }
 
 #[test]
@@ -216,12 +254,20 @@ fn a_full_queue_says_so_and_replay_errors_abort() {
         }
     }
     assert!(full);
-    assert!(matches!(log.append(0, vec![0; MAX_PAYLOAD + 1], 0), Err(LogError::TooLarge { .. })));
+    assert!(matches!(
+        log.append(0, vec![0; MAX_PAYLOAD + 1], 0),
+        Err(LogError::TooLarge { .. })
+    ));
     log.shutdown().unwrap();
     let (tx, _rx) = mpsc::channel();
-    let err = SharedLog::<u32>::open(LogConfig::new(dir.path()), &HashMap::new(), |_, _, _| Err("bad".into()), Sink(tx))
-        .err()
-        .expect("replay error aborts");
+    let err = SharedLog::<u32>::open(
+        LogConfig::new(dir.path()),
+        &HashMap::new(),
+        |_, _, _| Err("bad".into()),
+        Sink(tx),
+    )
+    .err()
+    .expect("replay error aborts");
     assert!(matches!(err, LogError::Replay { .. }));
 }
 
@@ -256,4 +302,34 @@ proptest! {
         };
         prop_assert_eq!(in_earlier, replayed.len());
     }
+}
+
+#[test]
+fn a_torn_multi_record_unit_is_dropped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _, _, rx) = open(LogConfig::new(dir.path()), &HashMap::new());
+    log.append_many(vec![(0, payload(0, 1), 1), (1, payload(1, 2), 2)])
+        .unwrap();
+    log.append_many(vec![
+        (0, payload(0, 3), 3),
+        (1, payload(1, 4), 4),
+        (2, payload(2, 5), 5),
+    ])
+    .unwrap();
+    for _ in 0..5 {
+        rx.recv().unwrap();
+    }
+    log.shutdown().unwrap();
+    // Cut into the last record of the second unit: its first two records are intact on disk
+    // but must not come back without the third.
+    let seg = segments(dir.path()).pop().unwrap();
+    let bytes = fs::read(&seg).unwrap();
+    fs::write(&seg, &bytes[..bytes.len() - 5]).unwrap();
+    let (_, report, replayed, _) = open(LogConfig::new(dir.path()), &HashMap::new());
+    let got: Vec<(u32, u64)> = replayed.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(got, vec![(0, 1), (1, 1)]);
+    assert!(report.truncated.is_some());
+    // Groups at or above 2^31 are refused (the high bit marks unit ends).
+    let (log, _, _, _) = open(LogConfig::new(dir.path()), &HashMap::new());
+    assert!(log.append(1 << 31, vec![], 0).is_err());
 }

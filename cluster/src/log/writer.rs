@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,27 +49,27 @@ impl<T: Send + 'static> Writer<T> {
             *n = (*n).max(a + 1);
         }
         let mut segments = recovered.segments;
-        let (file, len) = match segments.last() {
-            Some(last) => {
-                let p = segment::path(&config.dir, last.id);
-                let f = OpenOptions::new()
-                    .append(true)
-                    .open(&p)
-                    .map_err(|source| LogError::Io {
-                        op: "open for append",
-                        path: p,
-                        source,
+        let (file, len) =
+            match segments.last() {
+                Some(last) => {
+                    let p = segment::path(&config.dir, last.id);
+                    let f = OpenOptions::new().append(true).open(&p).map_err(|source| {
+                        LogError::Io {
+                            op: "open for append",
+                            path: p,
+                            source,
+                        }
                     })?;
-                (f, recovered.last_len.max(MAGIC.len() as u64))
-            }
-            None => {
-                segments.push(SegmentInfo {
-                    id: 1,
-                    max_index: HashMap::new(),
-                });
-                (segment::create(&config.dir, 1)?, MAGIC.len() as u64)
-            }
-        };
+                    (f, recovered.last_len.max(MAGIC.len() as u64))
+                }
+                None => {
+                    segments.push(SegmentInfo {
+                        id: 1,
+                        max_index: HashMap::new(),
+                    });
+                    (segment::create(&config.dir, 1)?, MAGIC.len() as u64)
+                }
+            };
         counters
             .segments
             .store(segments.len() as u64, Ordering::Relaxed);
@@ -104,9 +104,16 @@ impl<T: Send + 'static> Writer<T> {
                 match msg {
                     Msg::Append(records) => {
                         self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        for (group, payload, value) in records {
+                        let last = records.len().saturating_sub(1);
+                        for (n, (group, payload, value)) in records.into_iter().enumerate() {
                             let index = self.next_index.entry(group).or_insert(1);
-                            segment::encode_record(&mut self.buf, group, *index, &payload);
+                            segment::encode_record(
+                                &mut self.buf,
+                                group,
+                                *index,
+                                &payload,
+                                n == last,
+                            );
                             round.push((group, *index, value));
                             *index += 1;
                         }
@@ -123,10 +130,7 @@ impl<T: Send + 'static> Writer<T> {
                 if self.buf.len() >= self.config.max_batch_bytes {
                     break;
                 }
-                next = match rx.try_recv() {
-                    Ok(m) => Some(m),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                };
+                next = rx.try_recv().ok();
             }
             if !round.is_empty() {
                 if let Err(e) = self.commit(&round) {
@@ -270,7 +274,9 @@ impl<T: Send + 'static> Writer<T> {
             let p = segment::path(&self.config.dir, s.id);
             match std::fs::remove_file(&p) {
                 Ok(()) => info!(path = %p.display(), "released log segment"),
-                Err(e) => error!(path = %p.display(), cause = %e, "could not delete a released log segment"),
+                Err(e) => {
+                    error!(path = %p.display(), cause = %e, "could not delete a released log segment")
+                }
             }
         }
         let _ = segment::sync_dir(Path::new(&self.config.dir));
