@@ -1,0 +1,140 @@
+//! Shard snapshots on disk: `<dir>/shard-<n>.snap`, written to a temporary file, fsynced,
+//! renamed over the old one and the directory fsynced — so a crash leaves either the old or
+//! the new snapshot, never half of one. The file is `MAGIC`, a CRC32 of the body, the body
+//! length, then the body (the codec's encoding of the shard state).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::state::{ShardState, Snapshot};
+
+const MAGIC: &[u8; 8] = b"PBSNAP01";
+const HEADER: usize = 8 + 4 + 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {op}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("snapshot {path} is damaged: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("snapshot encode: {0}")]
+    Encode(String),
+}
+
+pub fn path(dir: &Path, shard: u32) -> PathBuf {
+    dir.join(format!("shard-{shard:04}.snap"))
+}
+
+pub fn encode(state: &ShardState) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = vec![0u8; HEADER];
+    protocol::codec::encode_into(&state.to_snapshot(), &mut out)
+        .map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let body_len = (out.len() - HEADER) as u64;
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[..8].copy_from_slice(MAGIC);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    out[12..20].copy_from_slice(&body_len.to_le_bytes());
+    Ok(out)
+}
+
+pub fn write(dir: &Path, shard: u32, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let final_path = path(dir, shard);
+    let tmp = dir.join(format!("shard-{shard:04}.snap.tmp"));
+    let io_err = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { op, path, source }
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("fsync", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, &final_path).map_err(io_err("rename", &final_path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))?;
+    Ok(())
+}
+
+/// Reads the snapshot of `shard`, if there is one. A damaged snapshot is an error, not an
+/// empty shard: the log it allowed to be released is gone, so starting empty would lose data.
+pub fn read(dir: &Path, shard: u32) -> Result<Option<ShardState>, SnapshotError> {
+    let p = path(dir, shard);
+    let bytes = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                op: "read",
+                path: p,
+                source,
+            })
+        }
+    };
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        path: p.clone(),
+        reason,
+    };
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(corrupt(
+            "not a Pulseboard shard snapshot (bad magic)".into(),
+        ));
+    }
+    let crc = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[12..20]);
+    let len = u64::from_le_bytes(len);
+    let body = &bytes[HEADER..];
+    if body.len() as u64 != len {
+        return Err(corrupt(format!(
+            "body is {} bytes, header says {len}",
+            body.len()
+        )));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let snap: Snapshot = protocol::codec::decode(body).map_err(|e| corrupt(e.to_string()))?;
+    if snap.shard != shard {
+        return Err(corrupt(format!(
+            "holds shard {}, expected {shard}",
+            snap.shard
+        )));
+    }
+    Ok(Some(ShardState::from_snapshot(snap)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::state::Layout;
+
+    #[test]
+    fn write_read_and_detect_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(read(dir.path(), 1).expect("read").is_none());
+        let state = ShardState::new(1, Layout::default());
+        write(dir.path(), 1, &encode(&state).expect("encode")).expect("write");
+        assert!(read(dir.path(), 1).expect("read").is_some());
+        let p = path(dir.path(), 1);
+        let mut bytes = fs::read(&p).expect("read file");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+        fs::write(&p, &bytes).expect("write file");
+        let err = read(dir.path(), 1)
+            .err()
+            .expect("damaged snapshot must fail");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        fs::write(&p, b"hello").expect("write file");
+        assert!(read(dir.path(), 1).is_err());
+    }
+}

@@ -1,0 +1,489 @@
+//! The deterministic state of one virtual shard: its series, their raw rings and rollups.
+//!
+//! `ShardState` changes only through [`ShardState::apply`], which takes a batch that is
+//! already durable in the log together with its log index. `apply` reads no clock and draws
+//! no random number: replaying the same log onto the same snapshot gives the same state, which
+//! is what lets a Raft group per shard own the log and this state machine later.
+//! Retention (dropping old cells) is a separate step, [`ShardState::evict`], driven by the
+//! actor's tick: it changes only data that queries would no longer return anyway.
+
+use std::collections::{BTreeMap, HashMap};
+
+use protocol::{DataPoint, Dimensions, ShardBatch};
+use serde::{Deserialize, Serialize};
+
+use super::cell::Cell;
+use super::ring::Ring;
+use super::rollup::{LevelSpec, Rollup};
+
+/// Storage layout of a shard, fixed when the shard is created.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Layout {
+    /// How long raw points stay in each series' ring.
+    pub raw_retention_ms: i64,
+    /// Rollup levels, finest first.
+    pub levels: Vec<LevelSpec>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            raw_retention_ms: 2 * 3_600_000,
+            levels: super::rollup::default_levels(),
+        }
+    }
+}
+
+/// One series: a metric plus one exact set of dimensions.
+#[derive(Serialize, Deserialize)]
+pub struct Series {
+    pub metric: String,
+    pub dimensions: Dimensions,
+    pub ring: Ring,
+    pub rollups: Vec<Rollup>,
+}
+
+/// A condition on one dimension. Positive filters on the same key are alternatives
+/// (`country:de` or `country:fr`); filters on different keys and all negative filters must
+/// all hold. A negative filter passes a series that lacks the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    pub key: String,
+    pub value: String,
+    pub negate: bool,
+}
+
+/// Where a query reads its cells from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    /// Rollup level `i` of the layout.
+    Level(usize),
+    /// The raw ring (for granularities finer than the finest rollup).
+    Raw,
+}
+
+/// How the cells found in the range are grouped in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bucketing {
+    /// Buckets of this many ms, aligned to the epoch.
+    Aligned(i64),
+    /// One cell for the whole range, labelled by the range start (sliding windows).
+    Whole,
+}
+
+/// The part of a query one shard answers: partial aggregates, merged by the coordinator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardQuery {
+    pub metric: String,
+    pub filters: Vec<Filter>,
+    pub group_by: Vec<String>,
+    /// Inclusive start, exclusive end, event time in ms.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub bucketing: Bucketing,
+    pub source: Source,
+}
+
+/// Dimension values of a group: only the `group_by` keys the series has.
+pub type GroupKey = Vec<(String, String)>;
+
+/// Partial aggregates of one shard: per group, per bucket start, one mergeable cell.
+pub type Partial = HashMap<GroupKey, BTreeMap<i64, Cell>>;
+
+/// Figures for `/metrics` and the memory-per-point bench.
+#[derive(Clone, Debug, Default)]
+pub struct ShardStats {
+    pub series: u64,
+    pub raw_points: u64,
+    pub raw_bytes: u64,
+    pub rollup_cells: u64,
+    pub rollup_bytes: u64,
+    pub applied_index: u64,
+}
+
+/// What a snapshot holds: everything but the derived indexes.
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    pub shard: u32,
+    pub applied_index: u64,
+    pub layout: Layout,
+    pub series: Vec<Series>,
+}
+
+pub struct ShardState {
+    shard: u32,
+    applied_index: u64,
+    layout: Layout,
+    series: Vec<Series>,
+    /// series hash → ids of series with that hash (collisions are resolved by comparing keys).
+    by_hash: HashMap<u64, Vec<u32>>,
+    /// metric → ids of its series.
+    by_metric: HashMap<String, Vec<u32>>,
+}
+
+impl ShardState {
+    pub fn new(shard: u32, layout: Layout) -> Self {
+        Self {
+            shard,
+            applied_index: 0,
+            layout,
+            series: Vec::new(),
+            by_hash: HashMap::new(),
+            by_metric: HashMap::new(),
+        }
+    }
+
+    pub fn from_snapshot(snapshot: Snapshot) -> Self {
+        let mut state = Self::new(snapshot.shard, snapshot.layout);
+        state.applied_index = snapshot.applied_index;
+        for series in snapshot.series {
+            state.index_series(series);
+        }
+        state
+    }
+
+    /// The snapshot is taken from a consistent state: everything up to `applied_index`.
+    pub fn to_snapshot(&self) -> SnapshotRef<'_> {
+        SnapshotRef {
+            shard: self.shard,
+            applied_index: self.applied_index,
+            layout: &self.layout,
+            series: &self.series,
+        }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Applies a durable batch at log `index`. Indices at or below the applied one are
+    /// ignored, so replaying a log that overlaps the snapshot is harmless.
+    pub fn apply(&mut self, index: u64, batch: &ShardBatch) {
+        if index <= self.applied_index {
+            return;
+        }
+        // Arrival order: the ingesting node's clock, then the position in the batch. Fits in
+        // 64 bits: 43 bits of ms (until year 2248) and 21 bits of position (batches are
+        // capped far below 2^21 points).
+        let base = (batch.received_ms.max(0) as u64) << 21;
+        for (pos, point) in batch.points.iter().enumerate() {
+            let seq = base | (pos as u64 & 0x1F_FFFF);
+            let id = self.series_id_or_insert(point);
+            let series = &mut self.series[id as usize];
+            series.ring.push(point.timestamp_ms, point.value);
+            for rollup in &mut series.rollups {
+                rollup.add(point.timestamp_ms, point.value, seq);
+            }
+        }
+        self.applied_index = index;
+    }
+
+    /// Drops raw points and cells older than each level's retention, as of `now_ms`.
+    pub fn evict(&mut self, now_ms: i64) {
+        let raw_cutoff = now_ms - self.layout.raw_retention_ms;
+        for series in &mut self.series {
+            series.ring.evict_before(raw_cutoff);
+            for (rollup, spec) in series.rollups.iter_mut().zip(&self.layout.levels) {
+                rollup.evict_before(now_ms - spec.retention_ms);
+            }
+        }
+    }
+
+    fn series_id_or_insert(&mut self, point: &DataPoint) -> u32 {
+        let hash = protocol::point::series_hash(&point.metric, &point.dimensions);
+        if let Some(ids) = self.by_hash.get(&hash) {
+            for &id in ids {
+                let s = &self.series[id as usize];
+                if s.metric == point.metric && s.dimensions == point.dimensions {
+                    return id;
+                }
+            }
+        }
+        let series = Series {
+            metric: point.metric.clone(),
+            dimensions: point.dimensions.clone(),
+            ring: Ring::new(),
+            rollups: self
+                .layout
+                .levels
+                .iter()
+                .map(|l| Rollup::new(l.resolution_ms))
+                .collect(),
+        };
+        self.index_series(series)
+    }
+
+    fn index_series(&mut self, series: Series) -> u32 {
+        let id = self.series.len() as u32;
+        let hash = protocol::point::series_hash(&series.metric, &series.dimensions);
+        self.by_hash.entry(hash).or_default().push(id);
+        self.by_metric
+            .entry(series.metric.clone())
+            .or_default()
+            .push(id);
+        self.series.push(series);
+        id
+    }
+
+    /// Every series as (metric, series hash): to rebuild the admission registry at start.
+    pub fn series_hashes(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.by_hash.iter().flat_map(move |(h, ids)| {
+            ids.iter()
+                .map(move |&id| (self.series[id as usize].metric.as_str(), *h))
+        })
+    }
+
+    /// Series count per metric.
+    pub fn metrics(&self) -> HashMap<String, u64> {
+        self.by_metric
+            .iter()
+            .map(|(m, ids)| (m.clone(), ids.len() as u64))
+            .collect()
+    }
+
+    /// For each dimension key of `metric`: value → number of series.
+    pub fn dimensions(&self, metric: &str) -> HashMap<String, HashMap<String, u64>> {
+        let mut out: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        for &id in self.by_metric.get(metric).map(Vec::as_slice).unwrap_or(&[]) {
+            for (k, v) in &self.series[id as usize].dimensions {
+                *out.entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Partial aggregates of the matching series of this shard.
+    pub fn query(&self, q: &ShardQuery) -> Partial {
+        let mut out: Partial = HashMap::new();
+        let ids = self
+            .by_metric
+            .get(&q.metric)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut raw = Vec::new();
+        for &id in ids {
+            let series = &self.series[id as usize];
+            if !matches(&series.dimensions, &q.filters) {
+                continue;
+            }
+            let key = group_key(&series.dimensions, &q.group_by);
+            let buckets = out.entry(key).or_default();
+            let label = |start: i64| match q.bucketing {
+                Bucketing::Aligned(g) => start.div_euclid(g) * g,
+                Bucketing::Whole => q.start_ms,
+            };
+            match q.source {
+                Source::Level(level) => {
+                    let Some(rollup) = series.rollups.get(level) else {
+                        continue;
+                    };
+                    for (start, cell) in rollup.range(q.start_ms, q.end_ms) {
+                        merge_into(buckets, label(*start), cell);
+                    }
+                }
+                Source::Raw => {
+                    raw.clear();
+                    series.ring.range(q.start_ms, q.end_ms, &mut raw);
+                    // Sorting by time keeps `last` right when raw points share a bucket: the
+                    // ring keeps arrival order, and arrival order breaks ties.
+                    raw.sort_by_key(|p| p.0);
+                    for (i, &(ts, v)) in raw.iter().enumerate() {
+                        let cell = Cell::new(v, ts, i as u64);
+                        merge_into(buckets, label(ts), &cell);
+                    }
+                }
+            }
+        }
+        out.retain(|_, buckets| !buckets.is_empty());
+        out
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let mut s = ShardStats {
+            series: self.series.len() as u64,
+            applied_index: self.applied_index,
+            ..ShardStats::default()
+        };
+        for series in &self.series {
+            s.raw_points += series.ring.len() as u64;
+            s.raw_bytes += series.ring.heap_bytes() as u64;
+            for rollup in &series.rollups {
+                s.rollup_cells += rollup.len() as u64;
+                s.rollup_bytes += rollup.heap_bytes() as u64;
+            }
+        }
+        s
+    }
+}
+
+/// Borrowed view of a snapshot, so taking one does not clone the state.
+#[derive(Serialize)]
+pub struct SnapshotRef<'a> {
+    pub shard: u32,
+    pub applied_index: u64,
+    pub layout: &'a Layout,
+    pub series: &'a [Series],
+}
+
+fn merge_into(buckets: &mut BTreeMap<i64, Cell>, label: i64, cell: &Cell) {
+    match buckets.get_mut(&label) {
+        Some(existing) => existing.merge(cell),
+        None => {
+            buckets.insert(label, cell.clone());
+        }
+    }
+}
+
+fn dim<'a>(dims: &'a Dimensions, key: &str) -> Option<&'a str> {
+    dims.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        .ok()
+        .map(|i| dims[i].1.as_str())
+}
+
+/// See [`Filter`] for the semantics.
+pub fn matches(dims: &Dimensions, filters: &[Filter]) -> bool {
+    let mut positive_keys_seen: Vec<(&str, bool)> = Vec::new();
+    for f in filters {
+        let actual = dim(dims, &f.key);
+        if f.negate {
+            if actual == Some(f.value.as_str()) {
+                return false;
+            }
+        } else {
+            let hit = actual == Some(f.value.as_str());
+            match positive_keys_seen.iter_mut().find(|(k, _)| *k == f.key) {
+                Some((_, any)) => *any |= hit,
+                None => positive_keys_seen.push((&f.key, hit)),
+            }
+        }
+    }
+    positive_keys_seen.iter().all(|(_, any)| *any)
+}
+
+fn group_key(dims: &Dimensions, group_by: &[String]) -> GroupKey {
+    group_by
+        .iter()
+        .filter_map(|k| dim(dims, k).map(|v| (k.clone(), v.to_owned())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(metric: &str, ts: i64, v: f64, dims: &[(&str, &str)]) -> DataPoint {
+        let mut d: Dimensions = dims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.sort();
+        DataPoint {
+            metric: metric.into(),
+            timestamp_ms: ts,
+            value: v,
+            dimensions: d,
+        }
+    }
+
+    fn batch(points: Vec<DataPoint>) -> ShardBatch {
+        ShardBatch {
+            shard: 0,
+            received_ms: 1_000_000,
+            points,
+        }
+    }
+
+    fn query(metric: &str, filters: Vec<Filter>, group_by: &[&str]) -> ShardQuery {
+        ShardQuery {
+            metric: metric.into(),
+            filters,
+            group_by: group_by.iter().map(|s| s.to_string()).collect(),
+            start_ms: 0,
+            end_ms: 100_000,
+            bucketing: Bucketing::Aligned(10_000),
+            source: Source::Level(0),
+        }
+    }
+
+    #[test]
+    fn apply_is_idempotent_per_index_and_buckets_by_event_time() {
+        let mut s = ShardState::new(0, Layout::default());
+        let b = batch(vec![
+            point("clicks", 9_999, 1.0, &[("country", "de")]),
+            point("clicks", 10_000, 2.0, &[("country", "de")]),
+            point("clicks", 1_000, 4.0, &[("country", "fr")]),
+        ]);
+        s.apply(1, &b);
+        s.apply(1, &b);
+        assert_eq!(s.applied_index(), 1);
+        let p = s.query(&query("clicks", vec![], &[]));
+        let buckets = &p[&vec![]];
+        assert_eq!(buckets[&0].count, 2);
+        assert_eq!(buckets[&0].sum, 5.0);
+        assert_eq!(buckets[&10_000].sum, 2.0);
+    }
+
+    #[test]
+    fn filters_and_group_by() {
+        let mut s = ShardState::new(0, Layout::default());
+        s.apply(
+            1,
+            &batch(vec![
+                point("c", 1, 1.0, &[("country", "de"), ("os", "ios")]),
+                point("c", 1, 2.0, &[("country", "fr"), ("os", "ios")]),
+                point("c", 1, 4.0, &[("country", "us")]),
+            ]),
+        );
+        let f = |k: &str, v: &str, n| Filter {
+            key: k.into(),
+            value: v.into(),
+            negate: n,
+        };
+        let sum = |p: Partial| {
+            p.values()
+                .flat_map(|b| b.values())
+                .map(|c| c.sum)
+                .sum::<f64>()
+        };
+        assert_eq!(
+            sum(s.query(&query("c", vec![f("country", "de", false)], &[]))),
+            1.0
+        );
+        assert_eq!(
+            sum(s.query(&query(
+                "c",
+                vec![f("country", "de", false), f("country", "fr", false)],
+                &[]
+            ))),
+            3.0
+        );
+        assert_eq!(
+            sum(s.query(&query("c", vec![f("os", "ios", true)], &[]))),
+            4.0
+        );
+        let grouped = s.query(&query("c", vec![], &["os"]));
+        assert_eq!(grouped.len(), 2, "series without `os` form their own group");
+        assert_eq!(sum(s.query(&query("nope", vec![], &[]))), 0.0);
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_state() {
+        let mut s = ShardState::new(3, Layout::default());
+        s.apply(7, &batch(vec![point("m", 5, 1.5, &[("a", "b")])]));
+        let bytes = protocol::codec::encode(&s.to_snapshot()).expect("encode");
+        let back: Snapshot = protocol::codec::decode(&bytes).expect("decode");
+        let r = ShardState::from_snapshot(back);
+        assert_eq!(r.applied_index(), 7);
+        assert_eq!(r.shard(), 3);
+        assert_eq!(r.metrics()["m"], 1);
+        s.apply(8, &batch(vec![point("m", 6, 1.0, &[("a", "b")])]));
+        assert_eq!(s.stats().series, 1);
+    }
+}
