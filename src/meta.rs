@@ -1,0 +1,17 @@
+//! Control-plane metadata: users, sessions and API keys, in SQLite.
+//!
+//! State changes only through [`MetaStore::apply`]`(index, command)`: a [`MetaCommand`] carries
+//! every id, hash and timestamp it needs (decided by the proposer in [`MetaService`]), so
+//! applying reads no clock and draws no random number, and re-applying an index is a no-op.
+//! That is the seam the meta Raft group replicates: later, the service proposes commands to
+//! the group and every node applies them to its own SQLite.
+
+mod auth;
+mod command;
+mod service;
+mod store;
+
+pub use auth::{Action, AuthError, Forbidden, Principal, Role, Scope, Via};
+pub use command::{MetaCommand, MetaOutcome};
+pub use service::{ApiKeyView, MetaService, Session, UserView};
+pub use store::{MetaError, MetaStore};

@@ -1,0 +1,58 @@
+//! The commands that change metadata. Each carries everything `apply` needs.
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Role, Scope};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    CreateUser {
+        id: u64,
+        username: String,
+        password_hash: String,
+        role: Role,
+        created_ms: i64,
+    },
+    UpdateUser {
+        id: u64,
+        password_hash: Option<String>,
+        role: Option<Role>,
+        disabled: Option<bool>,
+    },
+    /// Also deletes the user's sessions and API keys.
+    DeleteUser {
+        id: u64,
+    },
+    CreateSession {
+        token_hash: String,
+        user_id: u64,
+        created_ms: i64,
+        expires_ms: i64,
+    },
+    DeleteSession {
+        token_hash: String,
+    },
+    /// Sessions that expired before `before_ms`.
+    DeleteExpiredSessions {
+        before_ms: i64,
+    },
+    CreateApiKey {
+        id: u64,
+        name: String,
+        key_hash: String,
+        owner_user_id: u64,
+        scopes: Vec<Scope>,
+        created_ms: i64,
+    },
+    DeleteApiKey {
+        id: u64,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetaOutcome {
+    Done,
+    /// The index was at or below the applied index: nothing was done.
+    AlreadyApplied,
+}
