@@ -65,13 +65,16 @@ mod tests {
                 value,
                 dimensions: dims,
             });
-        (any::<u32>(), any::<i64>(), proptest::collection::vec(point, 0..20)).prop_map(
-            |(shard, received_ms, points)| ShardBatch {
+        (
+            any::<u32>(),
+            any::<i64>(),
+            proptest::collection::vec(point, 0..20),
+        )
+            .prop_map(|(shard, received_ms, points)| ShardBatch {
                 shard,
                 received_ms,
                 points,
-            },
-        )
+            })
     }
 
     proptest! {
@@ -92,7 +95,10 @@ mod tests {
     fn trailing_bytes_and_huge_lengths_are_errors() {
         let mut bytes = encode(&7u32).unwrap();
         bytes.push(0);
-        assert!(matches!(decode::<u32>(&bytes), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(CodecError::Trailing(1))
+        ));
         // A vector claiming 2^60 elements must fail on the limit, not try to allocate.
         let mut evil = vec![0xFFu8];
         evil.extend_from_slice(&(1u64 << 60).to_le_bytes());

@@ -37,7 +37,9 @@ pub enum IngestError {
 pub fn parse_ingest(body: &[u8], limits: &Limits) -> Result<IngestRequest, IngestError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let raw = de
-        .deserialize_map(BodyVisitor { max: limits.max_points })
+        .deserialize_map(BodyVisitor {
+            max: limits.max_points,
+        })
         .map_err(|e| match e.to_string() {
             m if m.starts_with(TOO_MANY) => IngestError::TooManyPoints {
                 count: limits.max_points + 1,
@@ -62,6 +64,18 @@ pub fn parse_ingest(body: &[u8], limits: &Limits) -> Result<IngestRequest, Inges
         batch_id: raw.batch_id,
         points,
     })
+}
+
+/// Just the body's `authentication_token`, for a body that [`parse_ingest`] refused: the
+/// caller must know who is asking before it says what is wrong with the points.
+pub fn authentication_token(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        authentication_token: Option<String>,
+    }
+    serde_json::from_slice::<Token>(body)
+        .ok()
+        .and_then(|t| t.authentication_token)
 }
 
 const TOO_MANY: &str = "pulseboard: too many points";
@@ -143,12 +157,15 @@ impl<'de> Visitor<'de> for PointsSeed {
 /// A field value that may be wrong; what was wrong is kept for the error message.
 type Loose<T> = Result<T, String>;
 
+/// Dimension pairs as read, each value possibly wrong.
+type LoosePairs = Vec<(String, Loose<String>)>;
+
 #[derive(Default)]
 struct RawPoint {
     metric: Option<Loose<String>>,
     timestamp: Option<Loose<i64>>,
     value: Option<Loose<f64>>,
-    dimensions: Option<Loose<Vec<(String, Loose<String>)>>>,
+    dimensions: Option<Loose<LoosePairs>>,
 }
 
 impl RawPoint {
@@ -256,7 +273,10 @@ impl<'de> Visitor<'de> for PointVisitor {
 macro_rules! lenient_rest {
     ($what:expr) => {
         fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-            Ok(Self::Value::from(Err(format!("is the boolean {v}; {}", $what))))
+            Ok(Self::Value::from(Err(format!(
+                "is the boolean {v}; {}",
+                $what
+            ))))
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(Self::Value::from(Err(format!("is null; {}", $what))))
@@ -298,13 +318,19 @@ impl<'de> serde::Deserialize<'de> for LooseString {
                 Ok(LooseString(Ok(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<LooseString, E> {
-                Ok(LooseString(Err(format!("is the number {v}; a string is required"))))
+                Ok(LooseString(Err(format!(
+                    "is the number {v}; a string is required"
+                ))))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<LooseString, E> {
-                Ok(LooseString(Err(format!("is the number {v}; a string is required"))))
+                Ok(LooseString(Err(format!(
+                    "is the number {v}; a string is required"
+                ))))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<LooseString, E> {
-                Ok(LooseString(Err(format!("is the number {v}; a string is required"))))
+                Ok(LooseString(Err(format!(
+                    "is the number {v}; a string is required"
+                ))))
             }
             lenient_rest!("a string is required");
             lenient_map_is_wrong!("a string is required");
@@ -373,7 +399,9 @@ impl<'de> serde::Deserialize<'de> for LooseTimestamp {
                 ))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<LooseTimestamp, E> {
-                Ok(LooseTimestamp(Err(format!("{v} is not an integer; {WANT}"))))
+                Ok(LooseTimestamp(Err(format!(
+                    "{v} is not an integer; {WANT}"
+                ))))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<LooseTimestamp, E> {
                 Ok(LooseTimestamp(crate::time::parse_rfc3339_ms(v)))
@@ -385,9 +413,9 @@ impl<'de> serde::Deserialize<'de> for LooseTimestamp {
     }
 }
 
-struct LooseDims(Loose<Vec<(String, Loose<String>)>>);
-impl From<Loose<Vec<(String, Loose<String>)>>> for LooseDims {
-    fn from(v: Loose<Vec<(String, Loose<String>)>>) -> Self {
+struct LooseDims(Loose<LoosePairs>);
+impl From<Loose<LoosePairs>> for LooseDims {
+    fn from(v: Loose<LoosePairs>) -> Self {
         Self(v)
     }
 }
@@ -523,7 +551,9 @@ mod tests {
 
     #[test]
     fn errors_name_index_and_field() {
-        let e = point_err(r#"{"data_points":[{"metric":"a","timestamp":1,"value":1},{"metric":"9x","timestamp":1,"value":1}]}"#);
+        let e = point_err(
+            r#"{"data_points":[{"metric":"a","timestamp":1,"value":1},{"metric":"9x","timestamp":1,"value":1}]}"#,
+        );
         assert_eq!((e.index, e.field.as_str()), (1, "metric"));
         let e = point_err(r#"{"data_points":[{"metric":"a","timestamp":1,"value":"high"}]}"#);
         assert_eq!(e.field, "value");
@@ -533,12 +563,21 @@ mod tests {
         let e = point_err(r#"{"data_points":[{"metric":"a","timestamp":"yesterday","value":1}]}"#);
         assert!(e.reason.contains("RFC 3339"), "{}", e.reason);
         let e = point_err(r#"{"data_points":[{"metric":"a","value":1}]}"#);
-        assert_eq!((e.field.as_str(), e.reason.as_str()), ("timestamp", "is missing"));
-        let e = point_err(r#"{"data_points":[{"metric":"a","timestamp":1,"value":1,"dimensions":{"k":null}}]}"#);
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("timestamp", "is missing")
+        );
+        let e = point_err(
+            r#"{"data_points":[{"metric":"a","timestamp":1,"value":1,"dimensions":{"k":null}}]}"#,
+        );
         assert_eq!(e.field, "dimensions.k");
-        let e = point_err(r#"{"data_points":[{"metric":"a","timestamp":1,"value":1,"dimensions":[1]}]}"#);
+        let e = point_err(
+            r#"{"data_points":[{"metric":"a","timestamp":1,"value":1,"dimensions":[1]}]}"#,
+        );
         assert_eq!(e.field, "dimensions");
-        let e = point_err(r#"{"data_points":[{"metric":"a","timestamp":1,"value":1,"dimensions":{"a":"1","a":"2"}}]}"#);
+        let e = point_err(
+            r#"{"data_points":[{"metric":"a","timestamp":1,"value":1,"dimensions":{"a":"1","a":"2"}}]}"#,
+        );
         assert!(e.reason.contains("twice"));
         let e = point_err(r#"{"data_points":[3]}"#);
         assert_eq!((e.index, e.field.as_str()), (0, "metric"));
@@ -550,13 +589,33 @@ mod tests {
     }
 
     #[test]
+    fn token_of_a_refused_body() {
+        let body = br#"{"authentication_token":"pbk_1","data_points":[{"metric":"9"}]}"#;
+        assert!(parse_ingest(body, &Limits::default()).is_err());
+        assert_eq!(authentication_token(body).as_deref(), Some("pbk_1"));
+        assert_eq!(authentication_token(b"nonsense"), None);
+    }
+
+    #[test]
     fn body_errors() {
         assert!(matches!(parse("not json"), Err(IngestError::Body(_))));
         assert!(matches!(parse("{}"), Err(IngestError::Body(m)) if m.contains("data_points")));
-        assert!(matches!(parse(r#"{"data_points":[]}"#), Err(IngestError::Empty)));
-        assert!(matches!(parse(r#"{"data_points":{}}"#), Err(IngestError::Body(_))));
-        assert!(matches!(parse(r#"{"data_points":[]} trailing"#), Err(IngestError::Body(_))));
-        let limits = Limits { max_points: 2, ..Limits::default() };
+        assert!(matches!(
+            parse(r#"{"data_points":[]}"#),
+            Err(IngestError::Empty)
+        ));
+        assert!(matches!(
+            parse(r#"{"data_points":{}}"#),
+            Err(IngestError::Body(_))
+        ));
+        assert!(matches!(
+            parse(r#"{"data_points":[]} trailing"#),
+            Err(IngestError::Body(_))
+        ));
+        let limits = Limits {
+            max_points: 2,
+            ..Limits::default()
+        };
         let body = r#"{"data_points":[{"metric":"a","timestamp":1,"value":1},{"metric":"a","timestamp":1,"value":1},{"metric":"a","timestamp":1,"value":1}]}"#;
         assert!(matches!(
             parse_ingest(body.as_bytes(), &limits),

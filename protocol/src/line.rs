@@ -87,7 +87,10 @@ pub fn parse_lines(
         if out.points.len() > limits.max_points {
             return Err(LineError {
                 line: i + 1,
-                reason: format!("batch has more than {} points (the limit)", limits.max_points),
+                reason: format!(
+                    "batch has more than {} points (the limit)",
+                    limits.max_points
+                ),
             });
         }
     }
@@ -302,7 +305,10 @@ mod tests {
         assert_eq!(b.points[1].value, 4.0);
         assert_eq!(b.points[3].value, 1.0);
         assert_eq!(b.points[0].timestamp_ms, 1_700_000_000_123);
-        assert_eq!(b.points[0].dimensions, vec![("host".into(), "a".into()), ("region".into(), "eu".into())]);
+        assert_eq!(
+            b.points[0].dimensions,
+            vec![("host".into(), "a".into()), ("region".into(), "eu".into())]
+        );
         // No timestamp → now; comments, blank lines and CRLF are fine.
         let b = parse("# hello\r\n\r\nmem free=3\r\n").unwrap();
         assert_eq!(b.points[0].timestamp_ms, 42);
@@ -314,10 +320,16 @@ mod tests {
         let b = parse("disk,path=C:\\\\dir\\ x,k=v\\,w\\=z used=1 0").unwrap();
         assert_eq!(
             b.points[0].dimensions,
-            vec![("k".into(), "v,w=z".into()), ("path".into(), "C:\\dir x".into())]
+            vec![
+                ("k".into(), "v,w=z".into()),
+                ("path".into(), "C:\\dir x".into())
+            ]
         );
         // Dimension keys follow the metric-name rules, escaped or not.
-        assert!(parse("m,k\\=y=v used=1").unwrap_err().reason.contains("'='"));
+        assert!(parse("m,k\\=y=v used=1")
+            .unwrap_err()
+            .reason
+            .contains("'='"));
         let b = parse("m s=\"a \\\" b, c=d\",v=2 0").unwrap();
         assert_eq!(b.points.len(), 1);
         assert_eq!(b.ignored_string_fields, 1);
@@ -334,8 +346,17 @@ mod tests {
             let b = parse_lines(&format!("m v=1 {ts}"), p, 0, &Limits::default()).unwrap();
             assert_eq!(b.points[0].timestamp_ms, want, "{p:?}");
         }
-        assert!("x".parse::<Precision>().unwrap_err().contains("ns, us, ms or s"));
-        assert!(parse_lines("m v=1 99999999999999999", Precision::S, 0, &Limits::default()).is_err());
+        assert!("x"
+            .parse::<Precision>()
+            .unwrap_err()
+            .contains("ns, us, ms or s"));
+        assert!(parse_lines(
+            "m v=1 99999999999999999",
+            Precision::S,
+            0,
+            &Limits::default()
+        )
+        .is_err());
     }
 
     #[test]
@@ -354,12 +375,20 @@ mod tests {
             ("m v=inf\n", 1, "not a number"),
             ("m v=1,v2\n", 1, "no '='"),
         ] {
-            let e = parse(body).err().unwrap_or_else(|| panic!("{body:?} should fail"));
+            let e = parse(body)
+                .err()
+                .unwrap_or_else(|| panic!("{body:?} should fail"));
             assert_eq!(e.line, line, "{body:?}: {e}");
             assert!(e.reason.contains(needle), "{body:?}: {e}");
         }
-        let limits = Limits { max_points: 2, ..Limits::default() };
-        assert!(parse_lines("m a=1,b=2,c=3", Precision::Ns, 0, &limits).unwrap_err().reason.contains("limit"));
+        let limits = Limits {
+            max_points: 2,
+            ..Limits::default()
+        };
+        assert!(parse_lines("m a=1,b=2,c=3", Precision::Ns, 0, &limits)
+            .unwrap_err()
+            .reason
+            .contains("limit"));
     }
 
     proptest! {

@@ -120,7 +120,11 @@ const SERIES_SEED: u64 = 0x5075_6c73_6562_6f61; // "Pulseboa"
 /// Stable across versions and machines: a test pins a known value.
 pub fn series_hash(metric: &str, dims: &Dimensions) -> u64 {
     let mut buf = Vec::with_capacity(
-        8 + metric.len() + dims.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>(),
+        8 + metric.len()
+            + dims
+                .iter()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>(),
     );
     let mut put = |s: &str| {
         buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -163,12 +167,16 @@ mod tests {
         let d = normalize_dimensions(vec![("b".into(), "1".into()), ("a".into(), "2".into())], &l)
             .unwrap();
         assert_eq!(d[0].0, "a");
-        assert!(normalize_dimensions(vec![("a".into(), "1".into()), ("a".into(), "2".into())], &l)
-            .unwrap_err()
-            .contains("twice"));
-        assert!(normalize_dimensions(vec![("a".into(), "x".repeat(257))], &l)
-            .unwrap_err()
-            .contains("257"));
+        assert!(
+            normalize_dimensions(vec![("a".into(), "1".into()), ("a".into(), "2".into())], &l)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            normalize_dimensions(vec![("a".into(), "x".repeat(257))], &l)
+                .unwrap_err()
+                .contains("257")
+        );
         let many = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(normalize_dimensions(many, &l).unwrap_err().contains("33"));
         assert!(normalize_dimensions(vec![("1a".into(), "x".into())], &l).is_err());
@@ -194,7 +202,10 @@ mod tests {
             let h = series_hash("m", &vec![("i".into(), i.to_string())]);
             counts[shard_for(h, 16) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
         assert_eq!(shard_for(u64::MAX, 1), 0);
         assert_eq!(shard_for(u64::MAX, 1024), 1023);
     }

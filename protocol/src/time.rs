@@ -67,7 +67,11 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
         let (sign, d) = match rest.split_at(1) {
             ("-", d) => (-1, d),
             ("+", d) => (1, d),
-            _ => return Err(format!("{s:?}: expected now, now-<duration> or now+<duration>")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected now, now-<duration> or now+<duration>"
+                ))
+            }
         };
         let d = parse_duration_ms(d)?;
         return now_ms
@@ -79,9 +83,8 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
             .parse()
             .map_err(|_| format!("{s:?} is not a valid ms timestamp"));
     }
-    parse_rfc3339_ms(s).map_err(|_| {
-        format!("{s:?} is not a time: use ms since the epoch, RFC 3339, or now-15m")
-    })
+    parse_rfc3339_ms(s)
+        .map_err(|_| format!("{s:?} is not a time: use ms since the epoch, RFC 3339, or now-15m"))
 }
 
 #[cfg(test)]
@@ -95,10 +98,21 @@ mod tests {
         assert_eq!(parse_duration_ms("15m"), Ok(900_000));
         assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
         assert_eq!(parse_duration_ms("1w"), Ok(604_800_000));
-        for bad in ["", "10", "s", "0s", "1y", "-1s", "1.5s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "0s",
+            "1y",
+            "-1s",
+            "1.5s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
-        assert!(parse_duration_ms("9999999999999999d").unwrap_err().contains("too large"));
+        assert!(parse_duration_ms("9999999999999999d")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]
@@ -108,11 +122,20 @@ mod tests {
         assert_eq!(parse_time("now-15m", now), Ok(now - 900_000));
         assert_eq!(parse_time("now+1h", now), Ok(now + 3_600_000));
         assert_eq!(parse_time("1700000000123", now), Ok(1_700_000_000_123));
-        assert_eq!(parse_time("2023-11-14T22:13:20.123Z", now), Ok(1_700_000_000_123));
-        assert_eq!(parse_time("2023-11-14T23:13:20.123+01:00", now), Ok(1_700_000_000_123));
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.123Z", now),
+            Ok(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_time("2023-11-14T23:13:20.123+01:00", now),
+            Ok(1_700_000_000_123)
+        );
         for bad in ["yesterday", "now*2", "now-", "2023-13-01T00:00:00Z"] {
             assert!(parse_time(bad, now).is_err(), "{bad}");
         }
-        assert_eq!(format_rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            format_rfc3339_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 }

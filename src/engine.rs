@@ -1,0 +1,483 @@
+//! The storage engine of a node: shard actors, the shared write-ahead log, admission, and the
+//! routing of series to shards.
+//!
+//! This is the seam the cluster issue replaces: today every shard is local and `write`
+//! appends to the node's own log; later `write` proposes each shard's batch to that shard's
+//! Raft group (whose log lives in the same shared log) and `query` scatters to shard leaders on
+//! other nodes. Callers (HTTP, load tests) see only `write`, `query`, `metrics`,
+//! `dimensions` and `stats`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cluster::{Apply, FsyncMode, LogConfig, SharedLog};
+use protocol::{DataPoint, PointError, ShardBatch};
+use ractor::Actor;
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ingest::Admission;
+use crate::shard::{
+    snapshot, Layout, Partial, Shard, ShardArgs, ShardMsg, ShardQuery, ShardRef, ShardState,
+    ShardStats,
+};
+
+/// What the log carries to the shard once a batch is durable.
+pub struct Committed {
+    batch: ShardBatch,
+    done: oneshot::Sender<()>,
+}
+
+/// Forwards durable batches, in log order, to the shard actors' mailboxes.
+struct ShardSink {
+    shards: Arc<OnceLock<Vec<ShardRef>>>,
+}
+
+impl Apply<Committed> for ShardSink {
+    fn apply(&mut self, group: u32, index: u64, value: Committed) {
+        let Some(shard) = self.shards.get().and_then(|s| s.get(group as usize)) else {
+            warn!(shard = group, index, "durable batch for an unknown shard");
+            return;
+        };
+        let msg = ShardMsg::Apply {
+            index,
+            batch: value.batch,
+            done: Some(value.done),
+        };
+        if let Err(err) = shard.cast(msg) {
+            // The waiting request sees its `done` dropped and answers 503; the batch is
+            // durable and is applied on the next start.
+            warn!(shard = group, index, cause = %err, "shard actor gone");
+        }
+    }
+}
+
+pub struct Engine {
+    shards: Vec<ShardRef>,
+    log: Arc<SharedLog<Committed>>,
+    admission: Admission,
+    layout: Layout,
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
+    max_future_ms: i64,
+    query_timeout: Duration,
+    /// Last arrival stamp handed out; see [`Engine::arrival_stamp`].
+    last_arrival: AtomicI64,
+}
+
+/// Persisted once, at creation: a node refuses to start with a different shard count,
+/// which would move every series to another shard.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct CreatedLayout {
+    shards: u32,
+    layout: Layout,
+}
+
+impl Engine {
+    /// Opens the data directory: loads each shard's snapshot, replays the log tail, starts
+    /// the shard actors.
+    pub async fn open(config: &Config) -> Result<Self> {
+        let dir = &config.data_dir;
+        let wal_dir = dir.join("wal");
+        let snap_dir = dir.join("shards");
+        for d in [&wal_dir, &snap_dir] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::Storage(format!("create {}: {e}", d.display())))?;
+        }
+        let layout = Layout {
+            raw_retention_ms: config.storage.raw_retention.as_millis() as i64,
+            ..Layout::default()
+        };
+        let shard_count = check_layout(&snap_dir, config.storage.shards, &layout)?;
+
+        let mut states = Vec::with_capacity(shard_count as usize);
+        for shard in 0..shard_count {
+            let state = snapshot::read(&snap_dir, shard)
+                .map_err(|e| Error::Storage(e.to_string()))?
+                .unwrap_or_else(|| ShardState::new(shard, layout.clone()));
+            states.push(state);
+        }
+        let applied: HashMap<u32, u64> = states
+            .iter()
+            .map(|s| (s.shard(), s.applied_index()))
+            .collect();
+
+        let refs = Arc::new(OnceLock::new());
+        let log_config = LogConfig {
+            dir: wal_dir,
+            segment_bytes: config.storage.wal_segment_bytes,
+            fsync: if config.storage.fsync {
+                FsyncMode::Always
+            } else {
+                FsyncMode::Never
+            },
+            simulated_fsync_delay: (!config.storage.simulated_fsync_delay.is_zero())
+                .then_some(config.storage.simulated_fsync_delay),
+            queue_capacity: config.storage.wal_queue,
+            max_batch_bytes: 8 << 20,
+        };
+        let replay = |group: u32, index: u64, payload: &[u8]| -> std::result::Result<(), String> {
+            let batch: ShardBatch = protocol::codec::decode(payload).map_err(|e| e.to_string())?;
+            let state = states
+                .get_mut(group as usize)
+                .ok_or_else(|| format!("log names shard {group}, the node has {shard_count}"))?;
+            state.apply(index, &batch);
+            Ok(())
+        };
+        let (log, report) = SharedLog::open(
+            log_config,
+            &applied,
+            replay,
+            ShardSink {
+                shards: refs.clone(),
+            },
+        )
+        .map_err(|e| Error::Storage(e.to_string()))?;
+        if let Some(t) = &report.truncated {
+            warn!(
+                path = %t.path.display(),
+                offset = t.offset,
+                dropped_bytes = t.dropped_bytes,
+                reason = %t.reason,
+                "write-ahead log had a torn or corrupt tail; truncated at the last good record"
+            );
+        }
+        info!(
+            segments = report.segments,
+            records = report.records,
+            replayed = report.replayed,
+            "write-ahead log recovered"
+        );
+        let log = Arc::new(log);
+
+        let admission = Admission::new(config.ingest.cardinality_limit);
+        for state in &states {
+            admission.register_existing(state);
+        }
+
+        let weak = Arc::downgrade(&log);
+        let release: crate::shard::actor::ReleaseFn = Arc::new(move |shard, index| {
+            if let Some(log) = weak.upgrade() {
+                log.release(shard, index);
+            }
+        });
+        let mut shards = Vec::with_capacity(states.len());
+        for state in states {
+            let args = ShardArgs {
+                state,
+                snapshot_dir: snap_dir.clone(),
+                snapshot_every: config.storage.snapshot_interval,
+                tick: Duration::from_secs(1),
+                release: release.clone(),
+            };
+            let (actor, _handle) = Actor::spawn(None, Shard, args)
+                .await
+                .map_err(|e| Error::Internal(format!("spawn shard actor: {e}")))?;
+            shards.push(actor);
+        }
+        // Set once, before any write can be appended.
+        let _ = refs.set(shards.clone());
+
+        Ok(Self {
+            shards,
+            log,
+            admission,
+            layout,
+            inflight: Arc::new(Semaphore::new(config.ingest.max_inflight_points)),
+            max_inflight: config.ingest.max_inflight_points,
+            max_future_ms: config.storage_max_future_ms(),
+            query_timeout: Duration::from_secs(30),
+            last_arrival: AtomicI64::new(0),
+        })
+    }
+
+    /// The batch's arrival stamp: the wall clock in ms, but strictly increasing across the
+    /// node's requests, so that two requests in the same millisecond still have an order
+    /// (`last` on an event-time tie is the later arrival). It may run ahead of the clock by
+    /// a few ms under heavy load; it is an order, not a time anyone reads.
+    fn arrival_stamp(&self, now_ms: i64) -> i64 {
+        let mut prev = self.last_arrival.load(Ordering::Relaxed);
+        loop {
+            let next = now_ms.max(prev + 1);
+            match self.last_arrival.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Makes a validated batch durable and applied; all of it or none of it.
+    ///
+    /// # Returns
+    /// The number of points accepted, once every point is in the log (fsynced, unless the
+    /// node runs with `fsync = false`) and applied by its shard.
+    pub async fn write(&self, points: Vec<DataPoint>, now_ms: i64) -> Result<usize> {
+        let n = points.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let oldest = now_ms - self.layout.levels.first().map_or(0, |l| l.retention_ms);
+        let newest = now_ms + self.max_future_ms;
+        for (index, p) in points.iter().enumerate() {
+            if p.timestamp_ms < oldest {
+                return Err(Error::Point(PointError {
+                    index,
+                    field: "timestamp".into(),
+                    reason: format!(
+                        "{} is older than the finest rollup's retention (oldest accepted: {})",
+                        protocol::time::format_rfc3339_ms(p.timestamp_ms),
+                        protocol::time::format_rfc3339_ms(oldest)
+                    ),
+                }));
+            }
+            if p.timestamp_ms > newest {
+                return Err(Error::Point(PointError {
+                    index,
+                    field: "timestamp".into(),
+                    reason: format!(
+                        "{} is too far in the future (latest accepted: {})",
+                        protocol::time::format_rfc3339_ms(p.timestamp_ms),
+                        protocol::time::format_rfc3339_ms(newest)
+                    ),
+                }));
+            }
+        }
+        let permits = u32::try_from(n).map_err(|_| Error::TooLarge {
+            limit: u32::MAX as usize,
+        })?;
+        let _permit = self
+            .inflight
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| Error::Overloaded {
+                inflight: self.max_inflight,
+                retry_after_s: 1,
+            })?;
+
+        let shard_count = self.shard_count();
+        let hashes: Vec<u64> = points
+            .iter()
+            .map(|p| protocol::point::series_hash(&p.metric, &p.dimensions))
+            .collect();
+        self.admission.admit(&points, &hashes)?;
+
+        let mut per_shard: Vec<Vec<DataPoint>> = vec![Vec::new(); shard_count as usize];
+        for (p, h) in points.into_iter().zip(&hashes) {
+            per_shard[protocol::point::shard_for(*h, shard_count) as usize].push(p);
+        }
+        let arrival = self.arrival_stamp(now_ms);
+        let mut entries = Vec::new();
+        let mut waits = Vec::new();
+        for (shard, points) in per_shard.into_iter().enumerate() {
+            if points.is_empty() {
+                continue;
+            }
+            let batch = ShardBatch {
+                shard: shard as u32,
+                received_ms: arrival,
+                points,
+            };
+            let bytes =
+                protocol::codec::encode(&batch).map_err(|e| Error::Internal(e.to_string()))?;
+            let (done, wait) = oneshot::channel();
+            entries.push((shard as u32, bytes, Committed { batch, done }));
+            waits.push(wait);
+        }
+        self.log.append_many(entries).map_err(|e| match e {
+            cluster::LogError::Full => Error::LogFull { retry_after_s: 1 },
+            other => Error::Unavailable(other.to_string()),
+        })?;
+        for wait in waits {
+            wait.await.map_err(|_| {
+                Error::Unavailable("a shard stopped before applying a durable batch".into())
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// Scatter `q` to every shard and merge the partial aggregates.
+    pub async fn query(&self, q: ShardQuery) -> Result<Partial> {
+        let q = Arc::new(q);
+        let calls = self.shards.iter().map(|s| {
+            let q = q.clone();
+            s.call(|reply| ShardMsg::Query(q, reply), Some(self.query_timeout))
+        });
+        let mut merged: Partial = HashMap::new();
+        for answer in futures_util::future::join_all(calls).await {
+            let partial = unwrap_call(answer)?;
+            for (group, buckets) in partial {
+                let into = merged.entry(group).or_default();
+                for (ts, cell) in buckets {
+                    match into.get_mut(&ts) {
+                        Some(c) => c.merge(&cell),
+                        None => {
+                            into.insert(ts, cell);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Metric names with their series counts.
+    pub async fn metrics(&self) -> Result<HashMap<String, u64>> {
+        let calls = self
+            .shards
+            .iter()
+            .map(|s| s.call(ShardMsg::Metrics, Some(self.query_timeout)));
+        let mut out = HashMap::new();
+        for answer in futures_util::future::join_all(calls).await {
+            for (m, n) in unwrap_call(answer)? {
+                *out.entry(m).or_insert(0) += n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// For `metric`: dimension key → value → series count.
+    pub async fn dimensions(&self, metric: &str) -> Result<HashMap<String, HashMap<String, u64>>> {
+        let calls = self.shards.iter().map(|s| {
+            let m = metric.to_owned();
+            s.call(|r| ShardMsg::Dimensions(m, r), Some(self.query_timeout))
+        });
+        let mut out: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        for answer in futures_util::future::join_all(calls).await {
+            for (k, values) in unwrap_call(answer)? {
+                let into = out.entry(k).or_default();
+                for (v, n) in values {
+                    *into.entry(v).or_insert(0) += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn stats(&self) -> Result<ShardStats> {
+        let calls = self
+            .shards
+            .iter()
+            .map(|s| s.call(ShardMsg::Stats, Some(self.query_timeout)));
+        let mut total = ShardStats::default();
+        for answer in futures_util::future::join_all(calls).await {
+            let s = unwrap_call(answer)?;
+            total.series += s.series;
+            total.raw_points += s.raw_points;
+            total.raw_bytes += s.raw_bytes;
+            total.rollup_cells += s.rollup_cells;
+            total.rollup_bytes += s.rollup_bytes;
+            total.applied_index += s.applied_index;
+        }
+        Ok(total)
+    }
+
+    pub fn log_stats(&self) -> cluster::LogStats {
+        self.log.stats()
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Points admitted but not yet applied.
+    pub fn inflight_points(&self) -> usize {
+        self.max_inflight - self.inflight.available_permits()
+    }
+
+    /// Snapshot every shard (so the next start replays little), stop the actors and the log.
+    pub async fn shutdown(self) {
+        for shard in &self.shards {
+            match shard
+                .call(ShardMsg::Snapshot, Some(Duration::from_secs(60)))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(Ok(_))) => {}
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                    warn!(cause = %e, "snapshot at shutdown failed; the log still has the data")
+                }
+                _ => warn!("shard did not answer the shutdown snapshot"),
+            }
+        }
+        for shard in &self.shards {
+            shard.stop(None);
+        }
+        match Arc::try_unwrap(self.log) {
+            Ok(log) => {
+                if let Err(e) = log.shutdown() {
+                    warn!(cause = %e, "write-ahead log shutdown");
+                }
+            }
+            Err(_) => warn!("write-ahead log still referenced at shutdown; dropped instead"),
+        }
+    }
+}
+
+impl Config {
+    fn storage_max_future_ms(&self) -> i64 {
+        self.ingest.max_future.as_millis() as i64
+    }
+}
+
+fn check_layout(snap_dir: &std::path::Path, shards: u32, layout: &Layout) -> Result<u32> {
+    let path: PathBuf = snap_dir.join("layout.json");
+    let wanted = CreatedLayout {
+        shards,
+        layout: layout.clone(),
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let found: CreatedLayout = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+            if found.shards != shards {
+                return Err(Error::Storage(format!(
+                    "{} was created with {} shards; this node is configured for {shards}. The shard count is fixed at creation",
+                    path.display(),
+                    found.shards
+                )));
+            }
+            Ok(found.shards)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text =
+                serde_json::to_vec_pretty(&wanted).map_err(|e| Error::Internal(e.to_string()))?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+            Ok(shards)
+        }
+        Err(e) => Err(Error::Storage(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn unwrap_call<T>(
+    r: std::result::Result<ractor::rpc::CallResult<T>, ractor::MessagingErr<ShardMsg>>,
+) -> Result<T> {
+    match r {
+        Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(Error::Unavailable("a shard timed out".into())),
+        Ok(ractor::rpc::CallResult::SenderError) => {
+            Err(Error::Unavailable("a shard dropped the request".into()))
+        }
+        Err(e) => Err(Error::Unavailable(format!("a shard is not running: {e}"))),
+    }
+}

@@ -1,0 +1,117 @@
+//! `POST /api/v1/ingest` (JSON) and `POST /api/v1/write` (InfluxDB line protocol).
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{bearer, read_body, ApiError, ApiResult, Shared};
+use crate::error::Error;
+use crate::meta::{Action, Principal};
+use crate::telemetry::Protocol;
+
+/// Authenticates an ingest request: the bearer header, or else the seed's
+/// `authentication_token` body field (JSON only).
+fn authorize(state: &Shared, token: Option<&str>) -> ApiResult<Principal> {
+    let principal = state
+        .meta
+        .authenticate(token.unwrap_or(""), crate::now_ms())?;
+    principal.require(Action::Ingest)?;
+    Ok(principal)
+}
+
+fn split(req: Request) -> (Parts, Body) {
+    req.into_parts()
+}
+
+pub async fn ingest_json(State(state): State<Shared>, req: Request) -> ApiResult<Json<Value>> {
+    let started = Instant::now();
+    let result = ingest_json_inner(&state, req).await;
+    state
+        .telemetry
+        .record_ingest(Protocol::Json, &result, started.elapsed());
+    result.map(|n| Json(json!({"accepted": n})))
+}
+
+async fn ingest_json_inner(state: &Shared, req: Request) -> Result<usize, ApiError> {
+    let (parts, body) = split(req);
+    let header_token = bearer(&parts).map(str::to_owned);
+    // Refuse early when the header alone already fails, before reading a large body.
+    if let Some(t) = &header_token {
+        authorize(state, Some(t))?;
+    }
+    let bytes = read_body(body, state.config.ingest.max_body_bytes).await?;
+    let limits = state.limits();
+    let request = match protocol::json::parse_ingest(&bytes, &limits) {
+        Ok(r) => r,
+        Err(e) => {
+            // Who is asking comes before what is wrong with the body.
+            if header_token.is_none() {
+                let token = protocol::json::authentication_token(&bytes);
+                authorize(state, token.as_deref())?;
+            }
+            return Err(Error::from(e).into());
+        }
+    };
+    if header_token.is_none() {
+        authorize(state, request.authentication_token.as_deref())?;
+    }
+    Ok(state.engine.write(request.points, crate::now_ms()).await?)
+}
+
+pub async fn write_line_protocol(
+    State(state): State<Shared>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let started = Instant::now();
+    let mut ignored = 0;
+    let result = write_lines_inner(&state, req, &mut ignored).await;
+    state
+        .telemetry
+        .record_ingest(Protocol::Line, &result, started.elapsed());
+    result.map(|n| Json(json!({"accepted": n, "ignored_string_fields": ignored})))
+}
+
+async fn write_lines_inner(
+    state: &Shared,
+    req: Request,
+    ignored: &mut usize,
+) -> Result<usize, ApiError> {
+    let (mut parts, body) = split(req);
+    authorize(state, bearer(&parts))?;
+    let query = axum::extract::RawQuery::from_request_parts(&mut parts, state)
+        .await
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let pairs = crate::query::pairs(query.0.as_deref());
+    let precision = match pairs.iter().find(|(k, _)| k == "precision") {
+        Some((_, p)) => p.parse().map_err(|e: String| Error::BadQuery {
+            param: "precision",
+            reason: e,
+        })?,
+        None => protocol::line::Precision::default(),
+    };
+    let bytes = read_body(body, state.config.ingest.max_body_bytes).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Error::BadRequest(format!(
+            "line protocol must be UTF-8; invalid byte at offset {}",
+            e.valid_up_to()
+        ))
+    })?;
+    let now = crate::now_ms();
+    let batch =
+        protocol::line::parse_lines(text, precision, now, &state.limits()).map_err(Error::from)?;
+    *ignored = batch.ignored_string_fields;
+    Ok(state.engine.write(batch.points, now).await?)
+}
+
+impl super::AppState {
+    pub fn limits(&self) -> protocol::Limits {
+        protocol::Limits {
+            max_points: self.config.ingest.max_points_per_request,
+            ..protocol::Limits::default()
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `/healthz` (the process answers), `/readyz` (storage recovered and accepting writes),
+//! `/metrics` (Prometheus text format).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+
+use super::Shared;
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
+    // The router is built only after recovery, so answering at all means recovered; a log
+    // that stopped after an I/O error makes the node unready.
+    if state.engine.log_stats().errors > 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "write-ahead log failed");
+    }
+    (StatusCode::OK, "ready")
+}
+
+pub async fn prometheus(State(state): State<Shared>) -> impl IntoResponse {
+    let stats = state.engine.stats().await.ok();
+    let body = state.telemetry.render(&state.engine, stats.as_ref());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}

@@ -1,0 +1,187 @@
+//! The `pulseboard` command line. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pulseboard::config::Config;
+use pulseboard::meta::{MetaService, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "pulseboard",
+    version,
+    about = "Real-time analytics dashboards in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a node.
+    Serve(ServeArgs),
+    /// Drive a running node with generated points and report rate and latency.
+    Load(pulseboard::load::LoadArgs),
+    /// Manage users directly in a node's data directory.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, env = "PULSEBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "PULSEBOARD_HTTP")]
+    http: Option<SocketAddr>,
+    /// QUIC listen address for node-to-node traffic [default: 127.0.0.1:8081] (the cluster
+    /// transport; a single node does not open it yet).
+    #[arg(long, env = "PULSEBOARD_QUIC")]
+    quic: Option<SocketAddr>,
+    /// Data directory [default: ./pulseboard-data].
+    #[arg(long, env = "PULSEBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// QUIC address of a node of the cluster to join.
+    #[arg(long, env = "PULSEBOARD_JOIN")]
+    join: Option<SocketAddr>,
+    /// Virtual shards, fixed when the data directory is created [default: 16].
+    #[arg(long, env = "PULSEBOARD_SHARDS")]
+    shards: Option<u32>,
+    /// Acknowledge before fsync (benchmarks only: a crash may lose acknowledged points).
+    #[arg(long, env = "PULSEBOARD_NO_FSYNC")]
+    no_fsync: bool,
+    /// Extra delay after each fsync, to measure behaviour on slow disks (e.g. 5ms).
+    #[arg(long, env = "PULSEBOARD_SIMULATED_FSYNC_DELAY")]
+    simulated_fsync_delay: Option<String>,
+    /// Password of the `admin` user created on first start (else one is generated and logged).
+    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (the node may be running: the metadata store is shared safely).
+    Add {
+        #[arg(long, env = "PULSEBOARD_DATA_DIR", default_value = "./pulseboard-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        username: String,
+        /// Read from PULSEBOARD_USER_PASSWORD if not given.
+        #[arg(long, env = "PULSEBOARD_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "viewer")]
+        role: Role,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PULSEBOARD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Load(args) => runtime.block_on(pulseboard::load::run(args)),
+        Command::User { command } => match command {
+            UserCommand::Add {
+                data_dir,
+                username,
+                password,
+                role,
+            } => {
+                std::fs::create_dir_all(&data_dir)
+                    .with_context(|| format!("create {}", data_dir.display()))?;
+                let meta = MetaService::open(
+                    &data_dir.join("meta.sqlite"),
+                    Config::default().auth.session_ttl,
+                )?;
+                let user = meta.create_user(&username, &password, role, pulseboard::now_ms())?;
+                println!("{}", serde_json::to_string(&user)?);
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.http {
+        config.http = v;
+    }
+    if let Some(v) = args.quic {
+        config.quic = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.join {
+        config.join = Some(v);
+    }
+    if let Some(v) = args.shards {
+        config.storage.shards = v;
+    }
+    if args.no_fsync {
+        config.storage.fsync = false;
+    }
+    if let Some(d) = &args.simulated_fsync_delay {
+        let ms = protocol::time::parse_duration_ms(d)
+            .map_err(|e| anyhow::anyhow!("--simulated-fsync-delay: {e}"))?;
+        config.storage.simulated_fsync_delay = std::time::Duration::from_millis(ms as u64);
+    }
+    if config.join.is_some() {
+        anyhow::bail!("--join: joining a cluster is not available yet; run a single node");
+    }
+    let data_dir = config.data_dir.clone();
+    let started = pulseboard::server::start(config, args.admin_password).await?;
+    if let Some(pw) = &started.generated_admin_password {
+        tracing::warn!(
+            username = "admin",
+            password = %pw,
+            "first start: generated the admin password (shown once; set PULSEBOARD_ADMIN_PASSWORD to choose it)"
+        );
+    }
+    let addr = started.node.http_addr();
+    println!(
+        "pulseboard ready: http://{addr}  (data in {}; log in as admin)",
+        data_dir.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    started.node.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,271 @@
+//! The node's own figures, rendered in the Prometheus text format at `/metrics`.
+//!
+//! Counters are atomics bumped on the request path; gauges (series, memory, log figures) are
+//! read from the engine at scrape time, so nothing is kept twice. Latency histograms use
+//! fixed buckets, which is what Prometheus' `histogram_quantile` expects.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::http::ApiError;
+use crate::shard::ShardStats;
+
+#[derive(Clone, Copy)]
+pub enum Protocol {
+    Json,
+    Line,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Json => "json",
+            Protocol::Line => "line",
+        }
+    }
+}
+
+/// Upper bounds, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+#[derive(Default)]
+pub struct ProtocolCounters {
+    points: AtomicU64,
+    requests_ok: AtomicU64,
+    requests_failed: AtomicU64,
+    latency: Histogram,
+}
+
+/// Rejection reasons counted for `pulseboard_ingest_rejected_points_total`.
+const REASONS: [&str; 6] = [
+    "invalid",
+    "too_old_or_future",
+    "cardinality",
+    "too_large",
+    "overloaded",
+    "unavailable",
+];
+
+#[derive(Default)]
+pub struct Telemetry {
+    json: ProtocolCounters,
+    line: ProtocolCounters,
+    rejected_requests: [AtomicU64; REASONS.len()],
+    query_latency: Histogram,
+}
+
+impl Telemetry {
+    fn proto(&self, p: Protocol) -> &ProtocolCounters {
+        match p {
+            Protocol::Json => &self.json,
+            Protocol::Line => &self.line,
+        }
+    }
+
+    pub fn record_ingest(&self, p: Protocol, result: &Result<usize, ApiError>, took: Duration) {
+        let c = self.proto(p);
+        match result {
+            Ok(n) => {
+                c.points.fetch_add(*n as u64, Ordering::Relaxed);
+                c.requests_ok.fetch_add(1, Ordering::Relaxed);
+                c.latency.observe(took);
+            }
+            Err(ApiError(e)) => {
+                c.requests_failed.fetch_add(1, Ordering::Relaxed);
+                let reason = match e {
+                    Error::Point(p) if p.field == "timestamp" => Some(1),
+                    Error::IngestBody(_) | Error::Line(_) | Error::Point(_) => Some(0),
+                    Error::Cardinality { .. } => Some(2),
+                    Error::TooLarge { .. } => Some(3),
+                    Error::Overloaded { .. } | Error::LogFull { .. } => Some(4),
+                    Error::Unavailable(_) => Some(5),
+                    _ => None,
+                };
+                if let Some(i) = reason {
+                    self.rejected_requests[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub fn record_query(&self, took: Duration) {
+        self.query_latency.observe(took);
+    }
+
+    pub fn render(&self, engine: &Engine, stats: Option<&ShardStats>) -> String {
+        let mut o = String::with_capacity(8192);
+        let w = &mut o;
+        let _ = writeln!(
+            w,
+            "# HELP pulseboard_ingest_points_total Points acknowledged (durable and applied)."
+        );
+        let _ = writeln!(w, "# TYPE pulseboard_ingest_points_total counter");
+        for p in [Protocol::Json, Protocol::Line] {
+            let c = self.proto(p);
+            let _ = writeln!(
+                w,
+                "pulseboard_ingest_points_total{{protocol=\"{}\"}} {}",
+                p.label(),
+                c.points.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP pulseboard_ingest_requests_total Ingest requests by outcome."
+        );
+        let _ = writeln!(w, "# TYPE pulseboard_ingest_requests_total counter");
+        for p in [Protocol::Json, Protocol::Line] {
+            let c = self.proto(p);
+            let _ = writeln!(
+                w,
+                "pulseboard_ingest_requests_total{{protocol=\"{}\",outcome=\"ok\"}} {}",
+                p.label(),
+                c.requests_ok.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                w,
+                "pulseboard_ingest_requests_total{{protocol=\"{}\",outcome=\"rejected\"}} {}",
+                p.label(),
+                c.requests_failed.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(w, "# HELP pulseboard_ingest_rejected_requests_total Ingest requests refused, by reason (a refused batch is refused whole).");
+        let _ = writeln!(
+            w,
+            "# TYPE pulseboard_ingest_rejected_requests_total counter"
+        );
+        for (reason, c) in REASONS.iter().zip(&self.rejected_requests) {
+            let _ = writeln!(
+                w,
+                "pulseboard_ingest_rejected_requests_total{{reason=\"{reason}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP pulseboard_ingest_request_seconds Time from request to acknowledgement."
+        );
+        let _ = writeln!(w, "# TYPE pulseboard_ingest_request_seconds histogram");
+        for p in [Protocol::Json, Protocol::Line] {
+            self.proto(p).latency.render(
+                w,
+                "pulseboard_ingest_request_seconds",
+                &format!("protocol=\"{}\"", p.label()),
+            );
+        }
+        let _ = writeln!(w, "# HELP pulseboard_query_seconds Query latency.");
+        let _ = writeln!(w, "# TYPE pulseboard_query_seconds histogram");
+        self.query_latency.render(w, "pulseboard_query_seconds", "");
+
+        let _ = writeln!(w, "# TYPE pulseboard_ingest_inflight_points gauge");
+        let _ = writeln!(
+            w,
+            "pulseboard_ingest_inflight_points {}",
+            engine.inflight_points()
+        );
+        let _ = writeln!(
+            w,
+            "# TYPE pulseboard_cardinality_refused_points_total counter"
+        );
+        let _ = writeln!(
+            w,
+            "pulseboard_cardinality_refused_points_total {}",
+            engine.admission().refused_points()
+        );
+
+        let log = engine.log_stats();
+        let _ = writeln!(
+            w,
+            "# HELP pulseboard_wal_syncs_total Group-commit fsyncs of the write-ahead log."
+        );
+        let _ = writeln!(w, "# TYPE pulseboard_wal_syncs_total counter");
+        let _ = writeln!(w, "pulseboard_wal_syncs_total {}", log.syncs);
+        let _ = writeln!(w, "# TYPE pulseboard_wal_sync_seconds_total counter");
+        let _ = writeln!(
+            w,
+            "pulseboard_wal_sync_seconds_total {}",
+            log.sync_seconds_total
+        );
+        let _ = writeln!(w, "# TYPE pulseboard_wal_last_sync_seconds gauge");
+        let _ = writeln!(
+            w,
+            "pulseboard_wal_last_sync_seconds {}",
+            log.last_sync_micros as f64 / 1e6
+        );
+        let _ = writeln!(w, "# TYPE pulseboard_wal_records_total counter");
+        let _ = writeln!(w, "pulseboard_wal_records_total {}", log.appended_records);
+        let _ = writeln!(w, "# TYPE pulseboard_wal_bytes_total counter");
+        let _ = writeln!(w, "pulseboard_wal_bytes_total {}", log.appended_bytes);
+        let _ = writeln!(w, "# TYPE pulseboard_wal_queue_depth gauge");
+        let _ = writeln!(w, "pulseboard_wal_queue_depth {}", log.queue_depth);
+        let _ = writeln!(w, "# TYPE pulseboard_wal_segments gauge");
+        let _ = writeln!(w, "pulseboard_wal_segments {}", log.segments);
+        let _ = writeln!(w, "# TYPE pulseboard_wal_errors_total counter");
+        let _ = writeln!(w, "pulseboard_wal_errors_total {}", log.errors);
+
+        if let Some(s) = stats {
+            let _ = writeln!(w, "# TYPE pulseboard_series gauge");
+            let _ = writeln!(w, "pulseboard_series {}", s.series);
+            let _ = writeln!(w, "# TYPE pulseboard_raw_points gauge");
+            let _ = writeln!(w, "pulseboard_raw_points {}", s.raw_points);
+            let _ = writeln!(w, "# HELP pulseboard_raw_bytes Heap bytes of raw point rings (compressed blocks and open heads).");
+            let _ = writeln!(w, "# TYPE pulseboard_raw_bytes gauge");
+            let _ = writeln!(w, "pulseboard_raw_bytes {}", s.raw_bytes);
+            let _ = writeln!(w, "# TYPE pulseboard_raw_bytes_per_point gauge");
+            let per = if s.raw_points == 0 {
+                0.0
+            } else {
+                s.raw_bytes as f64 / s.raw_points as f64
+            };
+            let _ = writeln!(w, "pulseboard_raw_bytes_per_point {per}");
+            let _ = writeln!(w, "# TYPE pulseboard_rollup_cells gauge");
+            let _ = writeln!(w, "pulseboard_rollup_cells {}", s.rollup_cells);
+            let _ = writeln!(w, "# TYPE pulseboard_rollup_bytes gauge");
+            let _ = writeln!(w, "pulseboard_rollup_bytes {}", s.rollup_bytes);
+        }
+        o
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each starts the real `pulseboard` binary on a free port with its own
+//! data directory and talks to it over real sockets.
+
+// Test code: a failed unwrap is a failed test, with a backtrace.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod durability;
+mod harness;
+mod ingest_query;
