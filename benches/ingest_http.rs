@@ -11,20 +11,6 @@ use std::time::Duration;
 
 use pulseboard::load::{drive, LoadArgs, Wire};
 
-async fn token(base: &str) -> String {
-    let client = reqwest::Client::new();
-    let v: serde_json::Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({"username": "admin", "password": "bench-password"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    v["token"].as_str().expect("token").to_owned()
-}
-
 fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
@@ -47,10 +33,11 @@ fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
     let base = format!("http://{addr}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let summary = rt.block_on(async {
-        let token = token(&base).await;
         let args = LoadArgs {
             url: base.clone(),
-            token,
+            token: None,
+            user: "admin".into(),
+            password: Some("bench-password".into()),
             protocol: wire,
             points,
             batch: 10_000,

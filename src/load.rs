@@ -26,9 +26,14 @@ pub struct LoadArgs {
     /// Base URL of the node.
     #[arg(long, env = "PULSEBOARD_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// API key or session token with the ingest scope.
+    /// API key or session token with the ingest scope; without one, `load` logs in as
+    /// `--user` with `--password`.
     #[arg(long, env = "PULSEBOARD_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
     #[arg(long, value_enum, default_value = "line")]
     pub protocol: Wire,
     /// Points to send in total.
@@ -129,6 +134,35 @@ fn body(args: &LoadArgs, n: u64, base_ms: i64) -> String {
     out
 }
 
+/// The token to send: `--token`, or a session from logging in as `--user`.
+async fn token(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<String> {
+    if let Some(t) = &args.token {
+        return Ok(t.clone());
+    }
+    let Some(password) = &args.password else {
+        bail!("give --token (or PULSEBOARD_TOKEN), or --password (or PULSEBOARD_ADMIN_PASSWORD) to log in as {}", args.user);
+    };
+    let url = format!("{}/api/v1/auth/login", args.url.trim_end_matches('/'));
+    let resp = client
+        .post(&url)
+        .json(&serde_json::json!({"username": args.user, "password": password}))
+        .send()
+        .await
+        .with_context(|| format!("log in at {url}"))?;
+    if !resp.status().is_success() {
+        bail!(
+            "log in as {} failed: {}",
+            args.user,
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let body: serde_json::Value = resp.json().await.context("login answer")?;
+    body["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("login answer has no token")
+}
+
 pub async fn drive(args: &LoadArgs) -> anyhow::Result<Summary> {
     if args.batch == 0 || args.connections == 0 || args.series == 0 {
         bail!("--batch, --connections and --series must be at least 1");
@@ -139,6 +173,7 @@ pub async fn drive(args: &LoadArgs) -> anyhow::Result<Summary> {
         .timeout(Duration::from_secs(60))
         .build()
         .context("build the HTTP client")?;
+    let token = token(&client, args).await?;
     let url = match args.protocol {
         Wire::Line => format!(
             "{}/api/v1/write?precision=ms",
@@ -161,12 +196,13 @@ pub async fn drive(args: &LoadArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.connections {
-        let (client, url, next, args, bar) = (
+        let (client, url, next, args, bar, token) = (
             client.clone(),
             url.clone(),
             next.clone(),
             args.clone(),
             bar.clone(),
+            token.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
@@ -182,7 +218,7 @@ pub async fn drive(args: &LoadArgs) -> anyhow::Result<Summary> {
                 let t = Instant::now();
                 let resp = client
                     .post(&url)
-                    .bearer_auth(&args.token)
+                    .bearer_auth(&token)
                     .header("content-type", "text/plain")
                     .body(text)
                     .send()

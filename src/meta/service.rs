@@ -257,6 +257,16 @@ impl MetaService {
         Err(AuthError::Malformed)
     }
 
+    fn user(&self, id: u64) -> Result<UserView, MetaError> {
+        self.store
+            .user_by_id(id)?
+            .map(view)
+            .ok_or(MetaError::NotFound {
+                what: "user",
+                id: id.to_string(),
+            })
+    }
+
     pub fn list_users(&self) -> Result<Vec<UserView>, MetaError> {
         Ok(self.store.users()?.into_iter().map(view).collect())
     }
@@ -278,13 +288,7 @@ impl MetaService {
             role,
             created_ms: now_ms,
         })?;
-        self.store
-            .user_by_id(id)?
-            .map(view)
-            .ok_or(MetaError::NotFound {
-                what: "user",
-                id: id.to_string(),
-            })
+        self.user(id)
     }
 
     pub fn update_user(
@@ -307,13 +311,7 @@ impl MetaService {
             role,
             disabled,
         })?;
-        self.store
-            .user_by_id(id)?
-            .map(view)
-            .ok_or(MetaError::NotFound {
-                what: "user",
-                id: id.to_string(),
-            })
+        self.user(id)
     }
 
     pub fn delete_user(&self, id: u64) -> Result<(), MetaError> {

@@ -239,16 +239,7 @@ impl MetaStore {
             .query_row(
                 &format!("SELECT id, username, password_hash, role, disabled, created_ms FROM users WHERE {clause}"),
                 [arg],
-                |r| {
-                    Ok(UserRow {
-                        id: r.get::<_, i64>(0)? as u64,
-                        username: r.get(1)?,
-                        password_hash: r.get(2)?,
-                        role: parse_role(r.get(3)?),
-                        disabled: r.get::<_, i64>(4)? != 0,
-                        created_ms: r.get(5)?,
-                    })
-                },
+                user_row,
             )
             .optional()
             .map_err(storage("read user"))
@@ -268,16 +259,7 @@ impl MetaStore {
             .prepare("SELECT id, username, password_hash, role, disabled, created_ms FROM users ORDER BY username")
             .map_err(storage("list users"))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(UserRow {
-                    id: r.get::<_, i64>(0)? as u64,
-                    username: r.get(1)?,
-                    password_hash: r.get(2)?,
-                    role: parse_role(r.get(3)?),
-                    disabled: r.get::<_, i64>(4)? != 0,
-                    created_ms: r.get(5)?,
-                })
-            })
+            .query_map([], user_row)
             .map_err(storage("list users"))?;
         rows.collect::<Result<_, _>>()
             .map_err(storage("list users"))
@@ -320,6 +302,17 @@ impl MetaStore {
         rows.collect::<Result<_, _>>()
             .map_err(storage("list API keys"))
     }
+}
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        id: r.get::<_, i64>(0)? as u64,
+        username: r.get(1)?,
+        password_hash: r.get(2)?,
+        role: parse_role(r.get(3)?),
+        disabled: r.get::<_, i64>(4)? != 0,
+        created_ms: r.get(5)?,
+    })
 }
 
 fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
