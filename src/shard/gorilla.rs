@@ -23,25 +23,26 @@ pub struct CompressedBlock {
     max_ts: i64,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct BitWriter {
     out: Vec<u8>,
     /// Bits used in the last byte of `out` (0..=7; 0 means the last byte is full or absent).
     used: u32,
 }
 
-impl BitWriter {
-    fn new() -> Self {
-        Self {
-            out: Vec::new(),
-            used: 0,
-        }
-    }
+/// An open block grows by this many bytes at a time: doubling would waste up to half of
+/// every series' open block.
+const GROW_BYTES: usize = 32;
 
+impl BitWriter {
     /// Writes the low `n` bits of `v`, most significant first (n ≤ 64).
     fn write(&mut self, v: u64, n: u32) {
         let mut left = n;
         while left > 0 {
             if self.used == 0 {
+                if self.out.len() == self.out.capacity() {
+                    self.out.reserve_exact(GROW_BYTES);
+                }
                 self.out.push(0);
             }
             let free = 8 - self.used;
@@ -110,73 +111,136 @@ const DOD_BUCKETS: [(u64, u32, u32); 4] = [
     (0b11110, 5, 32),
 ];
 
-impl CompressedBlock {
-    pub fn encode(points: &[(i64, f64)]) -> CompressedBlock {
-        let mut w = BitWriter::new();
-        let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
-        let (mut prev_ts, mut prev_delta, mut prev_bits) = (0i64, 0i64, 0u64);
-        let (mut prev_lead, mut prev_trail) = (u32::MAX, 0u32);
-        for (i, &(ts, v)) in points.iter().enumerate() {
-            min_ts = min_ts.min(ts);
-            max_ts = max_ts.max(ts);
-            let bits = v.to_bits();
-            if i == 0 {
-                w.write(ts as u64, 64);
-                w.write(bits, 64);
+/// The open end of a series' ring: points are compressed as they arrive (as in the Gorilla
+/// paper), so even the newest points cost about a byte and a half, not sixteen.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockEncoder {
+    w: BitWriter,
+    count: u32,
+    min_ts: i64,
+    max_ts: i64,
+    prev_ts: i64,
+    prev_delta: i64,
+    prev_bits: u64,
+    /// Leading zeros of the current XOR window; `u32::MAX` before the first window.
+    prev_lead: u32,
+    prev_trail: u32,
+}
+
+impl BlockEncoder {
+    pub fn new() -> Self {
+        Self {
+            prev_lead: u32::MAX,
+            ..Self::default()
+        }
+    }
+
+    pub fn push(&mut self, ts: i64, v: f64) {
+        let w = &mut self.w;
+        let bits = v.to_bits();
+        if self.count == 0 {
+            w.write(ts as u64, 64);
+            w.write(bits, 64);
+            self.min_ts = ts;
+            self.max_ts = ts;
+            self.prev_lead = u32::MAX;
+        } else {
+            self.min_ts = self.min_ts.min(ts);
+            self.max_ts = self.max_ts.max(ts);
+            // Timestamp: delta of delta, with wrapping arithmetic so any i64 works.
+            let delta = ts.wrapping_sub(self.prev_ts);
+            let dod = delta.wrapping_sub(self.prev_delta);
+            if dod == 0 {
+                w.bit(false);
             } else {
-                // Timestamp: delta of delta, with wrapping arithmetic so any i64 works.
-                let delta = ts.wrapping_sub(prev_ts);
-                let dod = delta.wrapping_sub(prev_delta);
-                if dod == 0 {
-                    w.bit(false);
-                } else {
-                    let z = zigzag(dod);
-                    match DOD_BUCKETS.iter().find(|(_, _, n)| z < (1u64 << n)) {
-                        Some(&(prefix, pbits, n)) => {
-                            w.write(prefix, pbits);
-                            w.write(z, n);
-                        }
-                        None => {
-                            w.write(0b11111, 5);
-                            w.write(z, 64);
-                        }
+                let z = zigzag(dod);
+                match DOD_BUCKETS.iter().find(|(_, _, n)| z < (1u64 << n)) {
+                    Some(&(prefix, pbits, n)) => {
+                        w.write(prefix, pbits);
+                        w.write(z, n);
                     }
-                }
-                prev_delta = delta;
-                // Value: XOR with the previous value's bits.
-                let x = bits ^ prev_bits;
-                if x == 0 {
-                    w.bit(false);
-                } else {
-                    w.bit(true);
-                    let lead = x.leading_zeros().min(31);
-                    let trail = x.trailing_zeros();
-                    if prev_lead != u32::MAX && lead >= prev_lead && trail >= prev_trail {
-                        // Fits the previous window.
-                        w.bit(false);
-                        let meaningful = 64 - prev_lead - prev_trail;
-                        w.write(x >> prev_trail, meaningful);
-                    } else {
-                        w.bit(true);
-                        let meaningful = 64 - lead - trail;
-                        w.write(lead as u64, 5);
-                        // 1..=64 stored as 0..=63.
-                        w.write((meaningful - 1) as u64, 6);
-                        w.write(x >> trail, meaningful);
-                        prev_lead = lead;
-                        prev_trail = trail;
+                    None => {
+                        w.write(0b11111, 5);
+                        w.write(z, 64);
                     }
                 }
             }
-            prev_ts = ts;
-            prev_bits = bits;
+            self.prev_delta = delta;
+            // Value: XOR with the previous value's bits.
+            let x = bits ^ self.prev_bits;
+            if x == 0 {
+                w.bit(false);
+            } else {
+                w.bit(true);
+                let lead = x.leading_zeros().min(31);
+                let trail = x.trailing_zeros();
+                if self.prev_lead != u32::MAX && lead >= self.prev_lead && trail >= self.prev_trail
+                {
+                    // Fits the previous window.
+                    w.bit(false);
+                    let meaningful = 64 - self.prev_lead - self.prev_trail;
+                    w.write(x >> self.prev_trail, meaningful);
+                } else {
+                    w.bit(true);
+                    let meaningful = 64 - lead - trail;
+                    w.write(lead as u64, 5);
+                    // 1..=64 stored as 0..=63.
+                    w.write((meaningful - 1) as u64, 6);
+                    w.write(x >> trail, meaningful);
+                    self.prev_lead = lead;
+                    self.prev_trail = trail;
+                }
+            }
         }
+        self.prev_ts = ts;
+        self.prev_bits = bits;
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn min_ts(&self) -> i64 {
+        self.min_ts
+    }
+
+    pub fn max_ts(&self) -> i64 {
+        self.max_ts
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.w.out.capacity()
+    }
+
+    /// The points so far, in push order.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
+        decode(&self.w.out, self.count)
+    }
+
+    /// Seals the block, leaving this encoder empty.
+    pub fn finish(&mut self) -> CompressedBlock {
+        let done = std::mem::replace(self, Self::new());
         CompressedBlock {
-            bytes: w.out.into_boxed_slice(),
-            count: points.len() as u32,
-            min_ts: if points.is_empty() { 0 } else { min_ts },
-            max_ts: if points.is_empty() { 0 } else { max_ts },
+            bytes: done.w.out.into_boxed_slice(),
+            count: done.count,
+            min_ts: done.min_ts,
+            max_ts: done.max_ts,
         }
+    }
+}
+
+impl CompressedBlock {
+    pub fn encode(points: &[(i64, f64)]) -> CompressedBlock {
+        let mut e = BlockEncoder::new();
+        for &(ts, v) in points {
+            e.push(ts, v);
+        }
+        e.finish()
     }
 
     pub fn len(&self) -> usize {
@@ -200,51 +264,52 @@ impl CompressedBlock {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
-        let mut r = BitReader {
-            bytes: &self.bytes,
-            pos: 0,
-        };
-        let (mut ts, mut delta, mut bits) = (0i64, 0i64, 0u64);
-        let (mut lead, mut trail) = (0u32, 0u32);
-        (0..self.count).map(move |i| {
-            if i == 0 {
-                ts = r.read(64) as i64;
-                bits = r.read(64);
-            } else {
-                let dod = if !r.bit() {
-                    0
-                } else {
-                    let mut n = 64;
-                    for (_, pbits, vbits) in DOD_BUCKETS {
-                        // Each further `1` selects the next bucket; a `0` ends the prefix.
-                        if !r.bit() {
-                            n = vbits;
-                            break;
-                        }
-                        let _ = pbits;
-                    }
-                    unzigzag(r.read(n))
-                };
-                delta = delta.wrapping_add(dod);
-                ts = ts.wrapping_add(delta);
-                if r.bit() {
-                    if r.bit() {
-                        lead = r.read(5) as u32;
-                        let meaningful = r.read(6) as u32 + 1;
-                        trail = 64u32.saturating_sub(lead + meaningful);
-                    }
-                    let meaningful = 64u32.saturating_sub(lead + trail).max(1);
-                    let x = r.read(meaningful);
-                    bits ^= x.checked_shl(trail).unwrap_or(0);
-                }
-            }
-            (ts, f64::from_bits(bits))
-        })
+        decode(&self.bytes, self.count)
     }
 
     pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
         out.extend(self.iter());
     }
+}
+
+fn decode(bytes: &[u8], count: u32) -> impl Iterator<Item = (i64, f64)> + '_ {
+    let mut r = BitReader { bytes, pos: 0 };
+    let (mut ts, mut delta, mut bits) = (0i64, 0i64, 0u64);
+    let (mut lead, mut trail) = (0u32, 0u32);
+    (0..count).map(move |i| {
+        if i == 0 {
+            ts = r.read(64) as i64;
+            bits = r.read(64);
+        } else {
+            let dod = if !r.bit() {
+                0
+            } else {
+                // Each further `1` selects the next bucket; a `0` ends the prefix; five
+                // `1`s in all is the escape to 64 bits.
+                let mut n = 64;
+                for (_, _, vbits) in DOD_BUCKETS {
+                    if !r.bit() {
+                        n = vbits;
+                        break;
+                    }
+                }
+                unzigzag(r.read(n))
+            };
+            delta = delta.wrapping_add(dod);
+            ts = ts.wrapping_add(delta);
+            if r.bit() {
+                if r.bit() {
+                    lead = r.read(5) as u32;
+                    let meaningful = r.read(6) as u32 + 1;
+                    trail = 64u32.saturating_sub(lead + meaningful);
+                }
+                let meaningful = 64u32.saturating_sub(lead + trail).max(1);
+                let x = r.read(meaningful);
+                bits ^= x.checked_shl(trail).unwrap_or(0);
+            }
+        }
+        (ts, f64::from_bits(bits))
+    })
 }
 
 #[cfg(test)]
@@ -324,6 +389,25 @@ mod tests {
             assert!(per < bound, "{name}: {per:.2} bytes/point");
             round_trip(&pts);
         }
+    }
+
+    #[test]
+    fn an_open_block_reads_like_a_sealed_one() {
+        let mut e = BlockEncoder::new();
+        let pts: Vec<(i64, f64)> = (0..100)
+            .map(|i| (1000 * i - (i % 3) * 7, i as f64 / 3.0))
+            .collect();
+        for (n, &(t, v)) in pts.iter().enumerate() {
+            e.push(t, v);
+            let so_far: Vec<(i64, f64)> = e.iter().collect();
+            assert_eq!(so_far, pts[..=n]);
+        }
+        // Grows in small steps, not by doubling.
+        assert!(e.heap_bytes() <= CompressedBlock::encode(&pts).heap_bytes() + GROW_BYTES);
+        let b = e.finish();
+        assert!(e.is_empty());
+        assert_eq!(b.iter().collect::<Vec<_>>(), pts);
+        assert_eq!((b.min_ts(), b.max_ts()), (0, 99_000));
     }
 
     proptest! {

@@ -1,5 +1,6 @@
-//! A series' ring of recent raw points: an open head of plain points, sealed into Gorilla
-//! blocks of [`BLOCK_POINTS`] as it fills, and dropped block by block as it ages.
+//! A series' ring of recent raw points: an open Gorilla block that compresses points as they
+//! arrive, sealed every [`BLOCK_POINTS`] points, with sealed blocks dropped one by one as they
+//! age out.
 //!
 //! 512 points per block: large enough that the block's fixed cost (first timestamp and value
 //! raw, 128 bits, and the allocation) is amortised to well under a bit per point, small enough
@@ -9,13 +10,13 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::gorilla::CompressedBlock;
+use super::gorilla::{BlockEncoder, CompressedBlock};
 
 pub const BLOCK_POINTS: usize = 512;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Ring {
-    head: Vec<(i64, f64)>,
+    head: BlockEncoder,
     blocks: VecDeque<CompressedBlock>,
     sealed_points: usize,
 }
@@ -27,15 +28,11 @@ impl Ring {
 
     /// Adds a point; points may arrive in any order.
     pub fn push(&mut self, ts: i64, v: f64) {
-        self.head.push((ts, v));
+        self.head.push(ts, v);
         if self.head.len() >= BLOCK_POINTS {
-            let block = CompressedBlock::encode(&self.head);
+            let block = self.head.finish();
             self.sealed_points += block.len();
             self.blocks.push_back(block);
-            self.head.clear();
-            // The head refills at the same rate; keep its allocation only if it was ever
-            // worth keeping, so that idle series do not hold 8 KiB each.
-            self.head.shrink_to(16);
         }
     }
 
@@ -48,9 +45,8 @@ impl Ring {
                 self.sealed_points -= b.len();
             }
         }
-        if self.blocks.is_empty() && self.head.iter().all(|p| p.0 < cutoff) {
-            self.head.clear();
-            self.head.shrink_to_fit();
+        if self.blocks.is_empty() && !self.head.is_empty() && self.head.max_ts() < cutoff {
+            self.head = BlockEncoder::new();
         }
     }
 
@@ -62,7 +58,9 @@ impl Ring {
             }
             out.extend(b.iter().filter(|p| p.0 >= start && p.0 < end));
         }
-        out.extend(self.head.iter().filter(|p| p.0 >= start && p.0 < end));
+        if !self.head.is_empty() && self.head.max_ts() >= start && self.head.min_ts() < end {
+            out.extend(self.head.iter().filter(|p| p.0 >= start && p.0 < end));
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -74,7 +72,7 @@ impl Ring {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.head.capacity() * std::mem::size_of::<(i64, f64)>()
+        self.head.heap_bytes()
             + self.blocks.capacity() * std::mem::size_of::<CompressedBlock>()
             + self.blocks.iter().map(|b| b.heap_bytes()).sum::<usize>()
     }
