@@ -41,6 +41,8 @@ pub struct Config {
 pub struct StorageConfig {
     /// Virtual shards (fixed at cluster creation).
     pub shards: u32,
+    /// Raw points kept per series (also how far back points are accepted, and the span
+    /// answered at sub-minute granularity).
     #[serde(deserialize_with = "duration")]
     pub raw_retention: Duration,
     /// `true` (default): fsync before every acknowledgement. `false` only for benchmarks.
@@ -93,7 +95,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             shards: 16,
-            raw_retention: Duration::from_secs(2 * 3600),
+            raw_retention: Duration::from_secs(6 * 3600),
             fsync: true,
             simulated_fsync_delay: Duration::ZERO,
             snapshot_interval: Duration::from_secs(60),

@@ -234,7 +234,7 @@ impl Engine {
         if n == 0 {
             return Ok(0);
         }
-        let oldest = now_ms - self.layout.levels.first().map_or(0, |l| l.retention_ms);
+        let oldest = now_ms - self.layout.raw_retention_ms;
         let newest = now_ms + self.max_future_ms;
         for (index, p) in points.iter().enumerate() {
             if p.timestamp_ms < oldest {
@@ -242,7 +242,7 @@ impl Engine {
                     index,
                     field: "timestamp".into(),
                     reason: format!(
-                        "{} is older than the finest rollup's retention (oldest accepted: {})",
+                        "{} is older than the raw-point retention (oldest accepted: {})",
                         protocol::time::format_rfc3339_ms(p.timestamp_ms),
                         protocol::time::format_rfc3339_ms(oldest)
                     ),
@@ -322,17 +322,9 @@ impl Engine {
         });
         let mut merged: Partial = HashMap::new();
         for answer in futures_util::future::join_all(calls).await {
-            let partial = unwrap_call(answer)?;
-            for (group, buckets) in partial {
-                let into = merged.entry(group).or_default();
-                for (ts, cell) in buckets {
-                    match into.get_mut(&ts) {
-                        Some(c) => c.merge(&cell),
-                        None => {
-                            into.insert(ts, cell);
-                        }
-                    }
-                }
+            for (group, run) in unwrap_call(answer)? {
+                let acc = merged.entry(group).or_default();
+                crate::shard::state::merge_runs(acc, run, q.sketch);
             }
         }
         Ok(merged)

@@ -243,6 +243,7 @@ impl DataRequest {
             end_ms: end,
             bucketing: Bucketing::Aligned(g),
             source,
+            sketch: self.aggregation.quantile().is_some(),
         })
     }
 
@@ -307,40 +308,43 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// Any level whose resolution divides the granularity answers exactly (cells merge exactly),
+/// so the coarsest one that still holds the range's start is the cheapest. Otherwise raw
+/// points, while the range is within their retention; otherwise the level that keeps the most.
 fn choose_source(layout: &Layout, g: i64, start: i64, now_ms: i64) -> Result<Source> {
-    let dividing: Vec<(usize, i64)> = layout
+    let dividing: Vec<(usize, i64, i64)> = layout
         .levels
         .iter()
         .enumerate()
         .filter(|(_, l)| g % l.resolution_ms == 0)
-        .map(|(i, l)| (i, l.retention_ms))
+        .map(|(i, l)| (i, l.resolution_ms, l.retention_ms))
         .collect();
-    if dividing.is_empty() {
-        if start >= now_ms - layout.raw_retention_ms {
-            return Ok(Source::Raw);
-        }
-        return Err(bad(
-            "granularity",
-            format!(
-                "{g} ms is not a multiple of the finest rollup ({} ms); finer granularities are answered from raw points, kept for {} ms",
-                layout.levels.first().map_or(0, |l| l.resolution_ms),
-                layout.raw_retention_ms
-            ),
-        ));
-    }
     let covering = dividing
         .iter()
-        .find(|(_, retention)| start >= now_ms - retention);
-    Ok(match covering {
-        Some((i, _)) => Source::Level(*i),
-        // Nothing keeps the whole range: use the level that keeps the most of it.
-        None => Source::Level(
-            dividing
-                .iter()
-                .max_by_key(|(_, r)| *r)
-                .map_or(0, |(i, _)| *i),
-        ),
-    })
+        .filter(|(_, _, retention)| start >= now_ms - retention)
+        .max_by_key(|(_, res, _)| *res);
+    if let Some((i, _, _)) = covering {
+        return Ok(Source::Level(*i));
+    }
+    if start >= now_ms - layout.raw_retention_ms {
+        return Ok(Source::Raw);
+    }
+    match dividing.iter().max_by_key(|(_, _, r)| *r) {
+        Some((i, _, _)) => Ok(Source::Level(*i)),
+        None => Err(bad(
+            "granularity",
+            format!(
+                "raw points are kept for {} ms and {g} ms is not a multiple of a rollup resolution ({}); choose a coarser granularity or a more recent start",
+                layout.raw_retention_ms,
+                layout
+                    .levels
+                    .iter()
+                    .map(|l| format!("{} ms", l.resolution_ms))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
 }
 
 impl WindowRequest {
@@ -361,36 +365,37 @@ impl WindowRequest {
         })
     }
 
-    /// The sliding window ending now, answered from the finest rollup's sub-buckets: the
-    /// window is the `window / resolution` most recent buckets, the current (partial) one
-    /// included. Windows that are not a multiple of the resolution use raw points.
+    /// The sliding window `(now − window, now]`: whole cells of the finest rollup for the
+    /// minutes it tiles, raw points for the two partial edges (no rescan of raw history).
     pub fn plan(&self, layout: &Layout, now_ms: i64) -> Result<ShardQuery> {
-        let finest = layout.levels.first().map_or(1_000, |l| l.resolution_ms);
-        let (start, end, source) = if self.window_ms % finest == 0 {
-            let end = now_ms.div_euclid(finest) * finest + finest;
-            (end - self.window_ms, end, Source::Level(0))
-        } else {
-            (now_ms - self.window_ms, now_ms + 1, Source::Raw)
-        };
-        if let Some(level) = layout.levels.first() {
-            if self.window_ms > level.retention_ms && source == Source::Level(0) {
-                return Err(bad(
-                    "window",
-                    format!(
-                        "longer than the finest rollup's retention ({} ms)",
-                        level.retention_ms
-                    ),
-                ));
-            }
+        let start = now_ms + 1 - self.window_ms;
+        let longest = layout
+            .levels
+            .iter()
+            .map(|l| l.retention_ms)
+            .max()
+            .unwrap_or(0)
+            .max(layout.raw_retention_ms);
+        if self.window_ms > longest {
+            return Err(bad(
+                "window",
+                format!("longer than the longest retention ({longest} ms)"),
+            ));
         }
+        let source = if layout.levels.is_empty() {
+            Source::Raw
+        } else {
+            Source::Window(0)
+        };
         Ok(ShardQuery {
             metric: self.metric.clone(),
             filters: self.filters.clone(),
             group_by: self.group_by.clone(),
             start_ms: start,
-            end_ms: end,
+            end_ms: now_ms + 1,
             bucketing: Bucketing::Whole,
             source,
+            sketch: self.aggregation.quantile().is_some(),
         })
     }
 
@@ -398,7 +403,7 @@ impl WindowRequest {
         let mut series: Vec<WindowValue> = partial
             .into_iter()
             .filter_map(|(group, buckets)| {
-                let cell = buckets.into_values().next()?;
+                let (_, cell) = buckets.into_iter().next()?;
                 let value = cell.value(self.aggregation, self.window_ms);
                 value.is_finite().then(|| WindowValue {
                     dimensions: group.into_iter().collect(),
@@ -437,19 +442,24 @@ mod tests {
         assert!(r.filters[1].negate);
         assert_eq!(r.group_by, vec!["country", "os"]);
         let layout = Layout::default();
-        assert_eq!(r.plan(&layout, NOW).expect("plan").source, Source::Level(0));
+        let plan = r.plan(&layout, NOW).expect("plan");
+        assert_eq!(plan.source, Source::Level(0));
+        assert!(plan.sketch, "p99 needs sketches");
+        // 1 h buckets: the 1 h level answers exactly and is the cheapest.
         let old =
             DataRequest::parse("clicks", Some("start=now-7d&granularity=1h"), NOW).expect("parse");
-        assert_eq!(
-            old.plan(&layout, NOW).expect("plan").source,
-            Source::Level(1)
-        );
+        let plan = old.plan(&layout, NOW).expect("plan");
+        assert_eq!(plan.source, Source::Level(1));
+        assert!(!plan.sketch);
         let raw = DataRequest::parse("clicks", Some("start=now-5m&granularity=250ms"), NOW)
             .expect("parse");
         assert_eq!(raw.plan(&layout, NOW).expect("plan").source, Source::Raw);
+        let secs =
+            DataRequest::parse("clicks", Some("start=now-5h&granularity=10s"), NOW).expect("parse");
+        assert_eq!(secs.plan(&layout, NOW).expect("plan").source, Source::Raw);
         let too_old_raw = DataRequest::parse(
             "clicks",
-            Some("start=now-5h&granularity=250ms&end=now-4h"),
+            Some("start=now-7h&granularity=10s&end=now-6h"),
             NOW,
         )
         .expect("parse");
@@ -474,11 +484,16 @@ mod tests {
     }
 
     #[test]
-    fn window_plan_covers_the_current_partial_bucket() {
+    fn window_plan_ends_now() {
         let w = WindowRequest::parse("clicks", Some("window=1m")).expect("parse");
         let plan = w.plan(&Layout::default(), NOW + 500).expect("plan");
-        assert_eq!(plan.end_ms, NOW + 1_000);
+        assert_eq!(plan.end_ms, NOW + 501);
         assert_eq!(plan.end_ms - plan.start_ms, 60_000);
         assert_eq!(plan.bucketing, Bucketing::Whole);
+        assert_eq!(plan.source, Source::Window(0));
+        assert!(WindowRequest::parse("clicks", Some("window=1000d"))
+            .expect("parse")
+            .plan(&Layout::default(), NOW)
+            .is_err());
     }
 }

@@ -126,7 +126,15 @@ impl Cell {
     }
 
     pub fn add(&mut self, v: f64, ts: i64, seq: u64) {
-        self.sketch_mut().add(v);
+        self.add_with(v, ts, seq, true);
+    }
+
+    /// `add`, keeping the quantile sketch only if `sketch` (queries that ask for no quantile
+    /// skip its cost; the cell's quantiles are then meaningless and must not be read).
+    pub fn add_with(&mut self, v: f64, ts: i64, seq: u64, sketch: bool) {
+        if sketch {
+            self.sketch_mut().add(v);
+        }
         self.count += 1;
         self.sum += v;
         self.min = self.min.min(v);
@@ -139,9 +147,16 @@ impl Cell {
     }
 
     pub fn merge(&mut self, other: &Cell) {
-        match &other.sketch {
-            Some(s) => self.sketch_mut().merge(s),
-            None => self.sketch_mut().add(other.min),
+        self.merge_with(other, true);
+    }
+
+    /// `merge`, merging sketches only if `sketch` (see [`Cell::add_with`]).
+    pub fn merge_with(&mut self, other: &Cell, sketch: bool) {
+        if sketch {
+            match &other.sketch {
+                Some(s) => self.sketch_mut().merge(s),
+                None => self.sketch_mut().add(other.min),
+            }
         }
         self.count += other.count;
         self.sum += other.sum;
@@ -155,6 +170,14 @@ impl Cell {
             self.last = other.last;
             self.last_ts = other.last_ts;
             self.last_seq = other.last_seq;
+        }
+    }
+
+    /// A copy, with the sketch only if `sketch`.
+    pub fn copy_with(&self, sketch: bool) -> Cell {
+        Cell {
+            sketch: if sketch { self.sketch.clone() } else { None },
+            ..*self
         }
     }
 

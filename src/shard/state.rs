@@ -7,7 +7,7 @@
 //! Retention (dropping old cells) is a separate step, [`ShardState::evict`], driven by the
 //! actor's tick: it changes only data that queries would no longer return anyway.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use protocol::{DataPoint, Dimensions, ShardBatch};
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ pub struct Layout {
 impl Default for Layout {
     fn default() -> Self {
         Self {
-            raw_retention_ms: 2 * 3_600_000,
+            raw_retention_ms: 6 * 3_600_000,
             levels: super::rollup::default_levels(),
         }
     }
@@ -58,8 +58,11 @@ pub struct Filter {
 pub enum Source {
     /// Rollup level `i` of the layout.
     Level(usize),
-    /// The raw ring (for granularities finer than the finest rollup).
+    /// The raw ring (for granularities finer than a materialised level).
     Raw,
+    /// Sliding windows: whole cells of level `i` for the part of the range they tile, raw
+    /// points for the two partial edges — never a rescan of the whole window's raw history.
+    Window(usize),
 }
 
 /// How the cells found in the range are grouped in time.
@@ -82,13 +85,19 @@ pub struct ShardQuery {
     pub end_ms: i64,
     pub bucketing: Bucketing,
     pub source: Source,
+    /// Whether quantile sketches are needed (only for p50…p99): merging them is most of the
+    /// cost of a query that does not ask for quantiles.
+    pub sketch: bool,
 }
 
 /// Dimension values of a group: only the `group_by` keys the series has.
 pub type GroupKey = Vec<(String, String)>;
 
-/// Partial aggregates of one shard: per group, per bucket start, one mergeable cell.
-pub type Partial = HashMap<GroupKey, BTreeMap<i64, Cell>>;
+/// Cells of one group, sorted by bucket start, one per bucket.
+pub type Run = Vec<(i64, Cell)>;
+
+/// Partial aggregates of one shard: per group, its buckets.
+pub type Partial = HashMap<GroupKey, Run>;
 
 /// Figures for `/metrics` and the memory-per-point bench.
 #[derive(Clone, Debug, Default)]
@@ -268,40 +277,43 @@ impl ShardState {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let mut raw = Vec::new();
+        let mut run: Run = Vec::new();
         for &id in ids {
             let series = &self.series[id as usize];
             if !matches(&series.dimensions, &q.filters) {
                 continue;
             }
-            let key = group_key(&series.dimensions, &q.group_by);
-            let buckets = out.entry(key).or_default();
-            let label = |start: i64| match q.bucketing {
-                Bucketing::Aligned(g) => start.div_euclid(g) * g,
-                Bucketing::Whole => q.start_ms,
-            };
+            run.clear();
             match q.source {
                 Source::Level(level) => {
-                    let Some(rollup) = series.rollups.get(level) else {
-                        continue;
-                    };
-                    for (start, cell) in rollup.range(q.start_ms, q.end_ms) {
-                        merge_into(buckets, label(*start), cell);
+                    if let Some(rollup) = series.rollups.get(level) {
+                        level_run(rollup, q, q.start_ms, q.end_ms, &mut run);
                     }
                 }
-                Source::Raw => {
-                    raw.clear();
-                    series.ring.range(q.start_ms, q.end_ms, &mut raw);
-                    // Sorting by time keeps `last` right when raw points share a bucket: the
-                    // ring keeps arrival order, and arrival order breaks ties.
-                    raw.sort_by_key(|p| p.0);
-                    for (i, &(ts, v)) in raw.iter().enumerate() {
-                        let cell = Cell::new(v, ts, i as u64);
-                        merge_into(buckets, label(ts), &cell);
+                Source::Raw => raw_run(&series.ring, q, q.start_ms, q.end_ms, &mut raw, &mut run),
+                Source::Window(level) => {
+                    let res = self.layout.levels.get(level).map_or(1, |l| l.resolution_ms);
+                    let mid_start = (q.start_ms + res - 1).div_euclid(res) * res;
+                    let mid_end = q.end_ms.div_euclid(res) * res;
+                    if mid_start < mid_end {
+                        raw_run(&series.ring, q, q.start_ms, mid_start, &mut raw, &mut run);
+                        if let Some(rollup) = series.rollups.get(level) {
+                            level_run(rollup, q, mid_start, mid_end, &mut run);
+                        }
+                        raw_run(&series.ring, q, mid_end, q.end_ms, &mut raw, &mut run);
+                        fold_run(&mut run, q.sketch);
+                    } else {
+                        raw_run(&series.ring, q, q.start_ms, q.end_ms, &mut raw, &mut run);
                     }
                 }
             }
+            if run.is_empty() {
+                continue;
+            }
+            let key = group_key(&series.dimensions, &q.group_by);
+            let acc = out.entry(key).or_default();
+            merge_runs(acc, std::mem::take(&mut run), q.sketch);
         }
-        out.retain(|_, buckets| !buckets.is_empty());
         out
     }
 
@@ -332,13 +344,94 @@ pub struct SnapshotRef<'a> {
     pub series: &'a [Series],
 }
 
-fn merge_into(buckets: &mut BTreeMap<i64, Cell>, label: i64, cell: &Cell) {
-    match buckets.get_mut(&label) {
-        Some(existing) => existing.merge(cell),
-        None => {
-            buckets.insert(label, cell.clone());
+/// The bucket label of a point or cell starting at `ts`.
+fn label(q: &ShardQuery, ts: i64) -> i64 {
+    match q.bucketing {
+        Bucketing::Aligned(g) => ts.div_euclid(g) * g,
+        Bucketing::Whole => q.start_ms,
+    }
+}
+
+/// Appends one series' level cells in `[start, end)` to `run`, folded into query buckets.
+fn level_run(rollup: &super::rollup::Rollup, q: &ShardQuery, start: i64, end: i64, run: &mut Run) {
+    for (bucket, cell) in rollup.range(start, end) {
+        let l = label(q, *bucket);
+        match run.last_mut() {
+            Some((last, acc)) if *last == l => acc.merge_with(cell, q.sketch),
+            _ => run.push((l, cell.copy_with(q.sketch))),
         }
     }
+}
+
+/// Appends one series' raw points in `[start, end)` to `run`, folded into query buckets. Points
+/// are taken in event-time order (stable: arrival order breaks ties, so `last` is right).
+fn raw_run(
+    ring: &super::ring::Ring,
+    q: &ShardQuery,
+    start: i64,
+    end: i64,
+    raw: &mut Vec<(i64, f64)>,
+    run: &mut Run,
+) {
+    raw.clear();
+    ring.range(start, end, raw);
+    raw.sort_by_key(|p| p.0);
+    for (i, &(ts, v)) in raw.iter().enumerate() {
+        let l = label(q, ts);
+        match run.last_mut() {
+            Some((last, acc)) if *last == l => acc.add_with(v, ts, i as u64, q.sketch),
+            _ => run.push((l, Cell::new(v, ts, i as u64))),
+        }
+    }
+}
+
+/// Folds neighbouring cells with the same label (a run built from several sources).
+fn fold_run(run: &mut Run, sketch: bool) {
+    run.sort_by_key(|c| c.0);
+    let mut out: Run = Vec::with_capacity(run.len());
+    for (l, cell) in run.drain(..) {
+        match out.last_mut() {
+            Some((last, acc)) if *last == l => acc.merge_with(&cell, sketch),
+            _ => out.push((l, cell)),
+        }
+    }
+    *run = out;
+}
+
+/// Merges the sorted run `other` into the sorted run `acc` (two-pointer merge).
+pub fn merge_runs(acc: &mut Run, other: Run, sketch: bool) {
+    if acc.is_empty() {
+        *acc = other;
+        return;
+    }
+    // The common case: both cover the same buckets, so merge in place.
+    if acc.len() == other.len() && acc.iter().zip(&other).all(|(a, b)| a.0 == b.0) {
+        for (a, b) in acc.iter_mut().zip(&other) {
+            a.1.merge_with(&b.1, sketch);
+        }
+        return;
+    }
+    let mut out: Run = Vec::with_capacity(acc.len().max(other.len()));
+    let mut a = std::mem::take(acc).into_iter().peekable();
+    let mut b = other.into_iter().peekable();
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
+                    x.1.merge_with(&y.1, sketch);
+                    out.push(x);
+                }
+                continue;
+            }
+            (Some(x), Some(y)) => x.0 < y.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let next = if take_a { a.next() } else { b.next() };
+        out.extend(next);
+    }
+    *acc = out;
 }
 
 fn dim<'a>(dims: &'a Dimensions, key: &str) -> Option<&'a str> {
@@ -408,7 +501,8 @@ mod tests {
             start_ms: 0,
             end_ms: 100_000,
             bucketing: Bucketing::Aligned(10_000),
-            source: Source::Level(0),
+            source: Source::Raw,
+            sketch: false,
         }
     }
 
@@ -425,9 +519,61 @@ mod tests {
         assert_eq!(s.applied_index(), 1);
         let p = s.query(&query("clicks", vec![], &[]));
         let buckets = &p[&vec![]];
-        assert_eq!(buckets[&0].count, 2);
-        assert_eq!(buckets[&0].sum, 5.0);
-        assert_eq!(buckets[&10_000].sum, 2.0);
+        assert_eq!(buckets[0].0, 0);
+        assert_eq!(buckets[0].1.count, 2);
+        assert_eq!(buckets[0].1.sum, 5.0);
+        assert_eq!((buckets[1].0, buckets[1].1.sum), (10_000, 2.0));
+    }
+
+    /// Raw points, the 1 m level and a sliding window over both answer alike.
+    #[test]
+    fn raw_levels_and_windows_agree() {
+        let mut s = ShardState::new(0, Layout::default());
+        let pts: Vec<DataPoint> = (0..600)
+            .map(|i| {
+                point(
+                    "m",
+                    1_000_000 + i * 997,
+                    (i % 17) as f64,
+                    &[("h", if i % 2 == 0 { "a" } else { "b" })],
+                )
+            })
+            .collect();
+        s.apply(1, &batch(pts.clone()));
+        let mut q = query("m", vec![], &[]);
+        q.start_ms = 0;
+        q.end_ms = 3_000_000;
+        q.bucketing = Bucketing::Aligned(60_000);
+        q.sketch = true;
+        let raw = s.query(&q);
+        q.source = Source::Level(0);
+        let level = s.query(&q);
+        let (r, l) = (&raw[&vec![]], &level[&vec![]]);
+        assert_eq!(r.len(), l.len());
+        for (a, b) in r.iter().zip(l) {
+            assert_eq!(a.0, b.0);
+            assert_eq!(
+                (a.1.count, a.1.min, a.1.max, a.1.last),
+                (b.1.count, b.1.min, b.1.max, b.1.last)
+            );
+            assert!((a.1.sum - b.1.sum).abs() < 1e-9);
+            assert_eq!(a.1.quantile(0.9), b.1.quantile(0.9));
+        }
+        // A window with ragged edges: raw edges + whole minutes in the middle.
+        let (start, end) = (1_000_000 + 30_123, 1_000_000 + 500_456);
+        q.start_ms = start;
+        q.end_ms = end;
+        q.bucketing = Bucketing::Whole;
+        q.source = Source::Window(0);
+        let w = &s.query(&q)[&vec![]];
+        let want: Vec<f64> = pts
+            .iter()
+            .filter(|p| p.timestamp_ms >= start && p.timestamp_ms < end)
+            .map(|p| p.value)
+            .collect();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].1.count, want.len() as u64);
+        assert_eq!(w[0].1.sum, want.iter().sum::<f64>());
     }
 
     #[test]
@@ -448,8 +594,8 @@ mod tests {
         };
         let sum = |p: Partial| {
             p.values()
-                .flat_map(|b| b.values())
-                .map(|c| c.sum)
+                .flat_map(|b| b.iter())
+                .map(|c| c.1.sum)
                 .sum::<f64>()
         };
         assert_eq!(
