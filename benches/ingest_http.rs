@@ -55,11 +55,45 @@ fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
         .expect("warm-up");
         drive(&args).await.expect("load")
     });
+    // The server's own figures: peak RSS, and bytes per raw point from /metrics.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    });
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let _ = child.kill();
     let _ = child.wait();
     println!(
         "{label}: {:.0} points/s, request latency p50 {:.1} ms p99 {:.1} ms, errors {}",
         summary.points_per_second, summary.latency_ms_p50, summary.latency_ms_p99, summary.errors
+    );
+    println!(
+        "  server after {:.0} points in {:.0} series: peak RSS {:.0} MiB, RSS {:.0} MiB, raw points {:.2} bytes/point, rollups {:.1} MiB",
+        gauge("pulseboard_raw_points"),
+        gauge("pulseboard_series"),
+        kib("VmHWM:") / 1024.0,
+        kib("VmRSS:") / 1024.0,
+        gauge("pulseboard_raw_bytes_per_point"),
+        gauge("pulseboard_rollup_bytes") / 1048576.0
     );
     std::thread::sleep(Duration::from_millis(200));
 }
@@ -67,7 +101,8 @@ fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("machine: {cores} cores; server and load generator share them");
-    run("line protocol, fsync on", &[], Wire::Line, 2_000_000);
+    // 0.1 M warm-up + 2.9 M: 3 M points in 10 000 series, the memory shape.
+    run("line protocol, fsync on", &[], Wire::Line, 2_900_000);
     run("JSON, fsync on", &[], Wire::Json, 1_000_000);
     run(
         "line protocol, fsync + 5 ms simulated delay",

@@ -119,23 +119,18 @@ const SERIES_SEED: u64 = 0x5075_6c73_6562_6f61; // "Pulseboa"
 /// encoding of the metric and the sorted dimensions (so `("ab","c")` and `("a","bc")` differ).
 /// Stable across versions and machines: a test pins a known value.
 pub fn series_hash(metric: &str, dims: &Dimensions) -> u64 {
-    let mut buf = Vec::with_capacity(
-        8 + metric.len()
-            + dims
-                .iter()
-                .map(|(k, v)| 8 + k.len() + v.len())
-                .sum::<usize>(),
-    );
+    // Streaming: no allocation per point (this runs for every ingested point, twice).
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(SERIES_SEED);
     let mut put = |s: &str| {
-        buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        buf.extend_from_slice(s.as_bytes());
+        h.update(&(s.len() as u32).to_le_bytes());
+        h.update(s.as_bytes());
     };
     put(metric);
     for (k, v) in dims {
         put(k);
         put(v);
     }
-    xxhash_rust::xxh3::xxh3_64_with_seed(&buf, SERIES_SEED)
+    h.digest()
 }
 
 /// Which of `shard_count` virtual shards owns the series: Lemire's multiply-shift reduction,

@@ -124,8 +124,11 @@ pub struct ShardState {
     applied_index: u64,
     layout: Layout,
     series: Vec<Series>,
-    /// series hash → ids of series with that hash (collisions are resolved by comparing keys).
-    by_hash: HashMap<u64, Vec<u32>>,
+    /// series hash → id. The key is already a hash, so it is not hashed again.
+    by_hash: HashMap<u64, u32, nohash_hasher::BuildNoHashHasher<u64>>,
+    /// Further series whose hash collides with one in `by_hash` (practically never used;
+    /// collisions are resolved by comparing metric and dimensions).
+    collisions: HashMap<u64, Vec<u32>>,
     /// metric → ids of its series.
     by_metric: HashMap<String, Vec<u32>>,
 }
@@ -137,7 +140,8 @@ impl ShardState {
             applied_index: 0,
             layout,
             series: Vec::new(),
-            by_hash: HashMap::new(),
+            by_hash: HashMap::default(),
+            collisions: HashMap::new(),
             by_metric: HashMap::new(),
         }
     }
@@ -204,10 +208,13 @@ impl ShardState {
 
     fn series_id_or_insert(&mut self, point: &DataPoint) -> u32 {
         let hash = protocol::point::series_hash(&point.metric, &point.dimensions);
-        if let Some(ids) = self.by_hash.get(&hash) {
-            for &id in ids {
-                let s = &self.series[id as usize];
-                if s.metric == point.metric && s.dimensions == point.dimensions {
+        let same = |s: &Series| s.metric == point.metric && s.dimensions == point.dimensions;
+        if let Some(&id) = self.by_hash.get(&hash) {
+            if same(&self.series[id as usize]) {
+                return id;
+            }
+            for &id in self.collisions.get(&hash).map(Vec::as_slice).unwrap_or(&[]) {
+                if same(&self.series[id as usize]) {
                     return id;
                 }
             }
@@ -229,7 +236,14 @@ impl ShardState {
     fn index_series(&mut self, series: Series) -> u32 {
         let id = self.series.len() as u32;
         let hash = protocol::point::series_hash(&series.metric, &series.dimensions);
-        self.by_hash.entry(hash).or_default().push(id);
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.entry(hash).or_default().push(id);
+            }
+        }
         self.by_metric
             .entry(series.metric.clone())
             .or_default()
@@ -240,10 +254,15 @@ impl ShardState {
 
     /// Every series as (metric, series hash): to rebuild the admission registry at start.
     pub fn series_hashes(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
-        self.by_hash.iter().flat_map(move |(h, ids)| {
-            ids.iter()
-                .map(move |&id| (self.series[id as usize].metric.as_str(), *h))
-        })
+        self.by_hash
+            .iter()
+            .map(|(h, id)| (*h, *id))
+            .chain(
+                self.collisions
+                    .iter()
+                    .flat_map(|(h, ids)| ids.iter().map(move |id| (*h, *id))),
+            )
+            .map(move |(h, id)| (self.series[id as usize].metric.as_str(), h))
     }
 
     /// Series count per metric.
