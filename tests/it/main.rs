@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod cli;
 mod durability;
 mod harness;
 mod ingest_query;
