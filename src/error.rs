@@ -83,7 +83,14 @@ impl Error {
             Error::BadQuery { .. } => "invalid_query",
             Error::NotFound { .. } => "not_found",
             Error::BadRequest(_) => "bad_request",
-            Error::Meta(_) => "metadata",
+            Error::Meta(e) => match e {
+                MetaError::NotFound { .. } => "not_found",
+                MetaError::Conflict(_) | MetaError::LastAdmin => "conflict",
+                MetaError::Invalid { .. } => "invalid_field",
+                MetaError::BadCredentials => "unauthorized",
+                MetaError::Forbidden(_) => "forbidden",
+                MetaError::Storage { .. } | MetaError::Corrupt { .. } => "metadata",
+            },
             Error::Auth(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::Config(_) => "config",
@@ -113,6 +120,9 @@ impl Error {
             }
             Error::BadQuery { param, reason } => {
                 json!({"param": param, "reason": reason, "message": self.to_string()})
+            }
+            Error::Meta(MetaError::Invalid { field, reason }) => {
+                json!({"field": field, "reason": reason, "message": self.to_string()})
             }
             _ => json!({"message": self.to_string()}),
         }

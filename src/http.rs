@@ -3,6 +3,7 @@
 //! place ([`ApiError`]'s `IntoResponse`).
 
 mod auth;
+mod dashboards;
 mod ingest;
 mod ops;
 mod query;
@@ -14,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -56,6 +57,26 @@ pub fn router(state: Shared) -> Router {
         .route(
             "/api-keys/{id}",
             axum::routing::delete(auth::delete_api_key),
+        )
+        .route(
+            "/dashboards",
+            get(dashboards::list).post(dashboards::create),
+        )
+        .route("/dashboards/import", post(dashboards::import))
+        .route(
+            "/dashboards/{id}",
+            get(dashboards::get_one)
+                .put(dashboards::update)
+                .delete(dashboards::delete),
+        )
+        .route("/dashboards/{id}/export", get(dashboards::export))
+        .route(
+            "/dashboards/{id}/visualizations",
+            get(dashboards::list_panels).post(dashboards::create_panel),
+        )
+        .route(
+            "/dashboards/{id}/visualizations/{vid}",
+            put(dashboards::update_panel).delete(dashboards::delete_panel),
         )
         .fallback(not_found);
     Router::new()
@@ -134,6 +155,29 @@ impl FromRequestParts<Shared> for Auth {
         let principal = state.meta.authenticate(token, crate::now_ms())?;
         Ok(Auth(principal))
     }
+}
+
+/// The caller if credentials were sent (rejecting bad ones with 401), `None` if none were:
+/// for routes that anonymous callers may use on public things.
+pub struct MaybeAuth(pub Option<Principal>);
+
+impl FromRequestParts<Shared> for MaybeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(MaybeAuth(None));
+        }
+        let token = bearer(parts).unwrap_or("");
+        Ok(MaybeAuth(Some(
+            state.meta.authenticate(token, crate::now_ms())?,
+        )))
+    }
+}
+
+/// A JSON request body; the error names what is wrong and where.
+pub fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("body: {e}")))
 }
 
 /// Reads a request body up to `limit` bytes; past it, 413 with our error body.

@@ -1,4 +1,5 @@
-//! Control-plane metadata: users, sessions and API keys, in SQLite.
+//! Control-plane metadata: users, sessions, API keys, dashboards and their visualizations,
+//! in SQLite.
 //!
 //! State changes only through [`MetaStore::apply`]`(index, command)`: a [`MetaCommand`] carries
 //! every id, hash and timestamp it needs (decided by the proposer in [`MetaService`]), so
@@ -8,10 +9,12 @@
 
 mod auth;
 mod command;
+mod dashboards;
 mod service;
 mod store;
 
 pub use auth::{Action, AuthError, Forbidden, Principal, Role, Scope, Via};
 pub use command::{MetaCommand, MetaOutcome};
+pub use dashboards::{DashboardDocument, DashboardInput, PanelInput, CHART_TYPES};
 pub use service::{ApiKeyView, MetaService, Session, UserView};
 pub use store::{MetaError, MetaStore};

@@ -24,6 +24,81 @@ pub struct DataRequest {
     pub csv: bool,
 }
 
+/// A dashboard panel's query, and a live subscription's (SPEC §4), as JSON:
+/// `{"metric", "aggregation", "granularity", "window", "filter", "group_by", "offset"}` where
+/// `window` is how far back the panel looks (`15m`: from now-15m to now), `filter` is one
+/// `key:value` string or a list, and `group_by` a comma-separated string or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanelQuery {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granularity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub filter: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub group_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(
+        match <Option<OneOrMany> as serde::Deserialize>::deserialize(d)? {
+            None => Vec::new(),
+            Some(OneOrMany::One(s)) => vec![s],
+            Some(OneOrMany::Many(v)) => v,
+        },
+    )
+}
+
+impl PanelQuery {
+    /// Parses and checks a query object; the error names the field and why.
+    pub fn from_json(v: &serde_json::Value) -> std::result::Result<Self, String> {
+        let q: PanelQuery = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        q.to_request(crate::now_ms()).map_err(|e| e.to_string())?;
+        Ok(q)
+    }
+
+    /// The range request this query stands for at `now_ms`.
+    pub fn to_request(&self, now_ms: i64) -> Result<DataRequest> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: &str| pairs.push((k.to_owned(), v.to_owned()));
+        put(
+            "start",
+            &format!("now-{}", self.window.as_deref().unwrap_or("15m")),
+        );
+        if let Some(a) = &self.aggregation {
+            put("aggregation", a);
+        }
+        if let Some(g) = &self.granularity {
+            put("granularity", g);
+        }
+        if let Some(o) = &self.offset {
+            put("offset", o);
+        }
+        for f in &self.filter {
+            put("filter", f);
+        }
+        if !self.group_by.is_empty() {
+            put("group_by", &self.group_by.join(","));
+        }
+        DataRequest::from_pairs(&self.metric, &pairs, now_ms)
+    }
+}
+
 /// Parsed `GET /api/v1/metrics/{metric}/window` parameters.
 #[derive(Debug, Clone)]
 pub struct WindowRequest {
@@ -176,8 +251,12 @@ fn auto_granularity(range_ms: i64) -> i64 {
 
 impl DataRequest {
     pub fn parse(metric: &str, raw_query: Option<&str>, now_ms: i64) -> Result<Self> {
+        Self::from_pairs(metric, &pairs(raw_query), now_ms)
+    }
+
+    pub fn from_pairs(metric: &str, pairs: &[(String, String)], now_ms: i64) -> Result<Self> {
         protocol::point::validate_metric_name(metric).map_err(|r| bad("metric", r))?;
-        let pairs = pairs(raw_query);
+        let pairs = pairs.to_vec();
         reject_unknown(&pairs, KNOWN_DATA)?;
         let end_ms = match one(&pairs, "end") {
             Some(s) => protocol::time::parse_time(s, now_ms).map_err(|r| bad("end", r))?,

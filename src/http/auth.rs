@@ -6,7 +6,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{bearer, ApiResult, Auth, Shared};
+use super::{bearer, json_body, ApiResult, Auth, Shared};
 use crate::error::Error;
 use crate::meta::{Action, Role, Scope};
 
@@ -15,10 +15,6 @@ use crate::meta::{Action, Role, Scope};
 pub struct LoginBody {
     username: String,
     password: String,
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("body: {e}")))
 }
 
 /// Small JSON bodies (login, users, keys).

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Role, Scope};
+use super::dashboards::{DashboardRecord, PanelRecord};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
@@ -46,6 +47,31 @@ pub enum MetaCommand {
     },
     DeleteApiKey {
         id: u64,
+    },
+    /// Creates (`base_version: None`) or replaces a dashboard; refused unless the stored
+    /// version equals `base_version`.
+    PutDashboard {
+        dashboard: DashboardRecord,
+        base_version: Option<u64>,
+    },
+    /// Also deletes its visualizations.
+    DeleteDashboard {
+        id: u64,
+    },
+    /// Creates or replaces a visualization together with its dashboard's new layout and
+    /// version (`dashboard.version - 1` must be the stored one).
+    PutPanel {
+        panel: PanelRecord,
+        dashboard: DashboardRecord,
+    },
+    DeletePanel {
+        id: u64,
+        dashboard: DashboardRecord,
+    },
+    /// A whole dashboard with its visualizations, atomically.
+    ImportDashboard {
+        dashboard: DashboardRecord,
+        panels: Vec<PanelRecord>,
     },
 }
 

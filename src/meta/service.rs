@@ -57,7 +57,7 @@ fn salt() -> Result<SaltString, MetaError> {
     })
 }
 
-fn random_id() -> u64 {
+pub(super) fn random_id() -> u64 {
     // 53 bits: exact in JavaScript numbers, which is what dashboards read ids with.
     (rand::random::<u64>() >> 11).max(1)
 }
@@ -137,7 +137,11 @@ impl MetaService {
         })
     }
 
-    fn propose(&self, cmd: MetaCommand) -> Result<(), MetaError> {
+    pub(super) fn store(&self) -> &MetaStore {
+        &self.store
+    }
+
+    pub(super) fn propose(&self, cmd: MetaCommand) -> Result<(), MetaError> {
         let index = self.next_index.fetch_add(1, Ordering::SeqCst);
         self.store.apply(index, &cmd).map(|_| ())
     }

@@ -11,7 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::auth::{Role, Scope};
 use super::command::{MetaCommand, MetaOutcome};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: users, sessions, API keys. 2: dashboards and visualizations (added tables only).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -50,6 +51,8 @@ pub enum MetaError {
     Invalid { field: &'static str, reason: String },
     #[error("wrong username or password")]
     BadCredentials,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("refused: this would leave no enabled admin")]
     LastAdmin,
     #[error("metadata store: {op}: {source}")]
@@ -68,12 +71,13 @@ impl MetaError {
             MetaError::Conflict(_) | MetaError::LastAdmin => 409,
             MetaError::Invalid { .. } => 400,
             MetaError::BadCredentials => 401,
+            MetaError::Forbidden(_) => 403,
             MetaError::Storage { .. } | MetaError::Corrupt { .. } => 500,
         }
     }
 }
 
-fn storage(op: &'static str) -> impl FnOnce(rusqlite::Error) -> MetaError {
+pub(super) fn storage(op: &'static str) -> impl FnOnce(rusqlite::Error) -> MetaError {
     move |source| MetaError::Storage { op, source }
 }
 
@@ -154,6 +158,8 @@ impl MetaStore {
         }
         conn.execute_batch(SCHEMA)
             .map_err(storage("create schema"))?;
+        conn.execute_batch(super::dashboards::SCHEMA)
+            .map_err(storage("create schema"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(storage("set user_version"))?;
         Ok(Self {
@@ -161,7 +167,7 @@ impl MetaStore {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -476,6 +482,11 @@ fn apply_in(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {
             )
             .map_err(storage("insert API key"))?;
         }
+        MetaCommand::PutDashboard { .. }
+        | MetaCommand::DeleteDashboard { .. }
+        | MetaCommand::PutPanel { .. }
+        | MetaCommand::DeletePanel { .. }
+        | MetaCommand::ImportDashboard { .. } => super::dashboards::apply(tx, cmd)?,
         MetaCommand::DeleteApiKey { id } => {
             let n = tx
                 .execute("DELETE FROM api_keys WHERE id = ?1", [*id as i64])

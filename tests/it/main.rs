@@ -6,6 +6,7 @@
 
 mod auth;
 mod cli;
+mod dashboards;
 mod durability;
 mod harness;
 mod ingest_query;
