@@ -34,6 +34,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
+    pub live: LiveConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -77,6 +78,26 @@ pub struct AuthConfig {
     pub session_ttl: Duration,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Messages queued per WebSocket before the client counts as lagging and is resumed
+    /// from a fresh snapshot.
+    pub client_queue: usize,
+    /// How long a subscription nobody listens to is kept (for clients that reconnect).
+    #[serde(deserialize_with = "duration")]
+    pub linger: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            client_queue: 256,
+            linger: Duration::from_secs(30),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -87,6 +108,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
             auth: AuthConfig::default(),
+            live: LiveConfig::default(),
         }
     }
 }

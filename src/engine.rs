@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::ingest::Admission;
 use crate::shard::{
     snapshot, Layout, Partial, Shard, ShardArgs, ShardMsg, ShardQuery, ShardRef, ShardState,
-    ShardStats,
+    ShardStats, Watch,
 };
 
 /// What the log carries to the shard once a batch is durable.
@@ -53,6 +53,52 @@ impl Apply<Committed> for ShardSink {
             // The waiting request sees its `done` dropped and answers 503; the batch is
             // durable and is applied on the next start.
             warn!(shard = group, index, cause = %err, "shard actor gone");
+        }
+    }
+}
+
+/// The shard actors, for live subscriptions: cheap to clone, and holding it does not keep
+/// the engine (its log) from shutting down.
+#[derive(Clone)]
+pub struct ShardSet {
+    shards: Vec<ShardRef>,
+    query_timeout: Duration,
+}
+
+impl ShardSet {
+    /// Registers a live watch on every shard and returns the merged answer to its query as
+    /// of registration; from then on each shard hands its deltas to `watch.sink`.
+    pub async fn watch(&self, watch: Watch) -> Result<Partial> {
+        let sketch = watch.query.sketch;
+        let w = Arc::new(watch);
+        let calls = self.shards.iter().map(|s| {
+            let w = w.clone();
+            s.call(|reply| ShardMsg::Watch(w, reply), Some(self.query_timeout))
+        });
+        let mut merged: Partial = HashMap::new();
+        let mut failed = None;
+        for answer in futures_util::future::join_all(calls).await {
+            match unwrap_call(answer) {
+                Ok(partial) => {
+                    for (group, run) in partial {
+                        let acc = merged.entry(group).or_default();
+                        crate::shard::state::merge_runs(acc, run, sketch);
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            self.unwatch(w.id);
+            return Err(e);
+        }
+        Ok(merged)
+    }
+
+    pub fn unwatch(&self, id: u64) {
+        for s in &self.shards {
+            // A stopped shard has no watches left to remove.
+            let _ = s.cast(ShardMsg::Unwatch(id));
         }
     }
 }
@@ -328,6 +374,14 @@ impl Engine {
             }
         }
         Ok(merged)
+    }
+
+    /// A handle on the shard actors for live subscriptions.
+    pub fn shard_set(&self) -> ShardSet {
+        ShardSet {
+            shards: self.shards.clone(),
+            query_timeout: self.query_timeout,
+        }
     }
 
     /// Metric names with their series counts.

@@ -7,6 +7,7 @@ mod dashboards;
 mod ingest;
 mod ops;
 mod query;
+mod ws;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::telemetry::Telemetry;
 pub struct AppState {
     pub engine: Engine,
     pub meta: MetaService,
+    pub live: crate::live::LiveHub,
     pub telemetry: Telemetry,
     pub config: Config,
 }
@@ -78,6 +80,7 @@ pub fn router(state: Shared) -> Router {
             "/dashboards/{id}/visualizations/{vid}",
             put(dashboards::update_panel).delete(dashboards::delete_panel),
         )
+        .route("/ws", get(ws::upgrade))
         .fallback(not_found);
     Router::new()
         .nest("/api/v1", api)

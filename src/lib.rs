@@ -11,7 +11,9 @@
 //! - `shard`: one actor per virtual shard; its deterministic state machine, rings, rollups,
 //!   quantile sketches, snapshots.
 //! - `query`: query parameters → shard plans; merged cells → answers (JSON, CSV).
-//! - `meta`: users, sessions, API keys in SQLite, changed only by applying commands.
+//! - `live`: subscription actors fed by the shards' deltas, fanned out to WebSockets.
+//! - `meta`: users, sessions, API keys, dashboards in SQLite, changed only by applying
+//!   commands.
 //! - `telemetry`: the node's own figures for `/metrics`.
 //! - `load`: the `pulseboard load` generator.
 //!
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod load;
 pub mod meta;
 pub mod query;

@@ -62,7 +62,13 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
     let http_addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    let live = crate::live::LiveHub::new(
+        engine.shard_set(),
+        engine.layout().clone(),
+        config.live.linger,
+    );
     let state = Arc::new(AppState {
+        live,
         engine,
         meta,
         telemetry: Telemetry::default(),
@@ -107,7 +113,18 @@ impl Node {
         }
         info!(ms = t.elapsed().as_millis() as u64, "http stopped");
         let t = Instant::now();
-        match Arc::try_unwrap(self.state) {
+        self.state.live.shutdown().await;
+        // Socket tasks hold the state until they have sent their close frames.
+        let state = self.state;
+        for _ in 0..250 {
+            if Arc::strong_count(&state) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        info!(ms = t.elapsed().as_millis() as u64, "live updates stopped");
+        let t = Instant::now();
+        match Arc::try_unwrap(state) {
             Ok(state) => {
                 state.engine.shutdown().await;
                 info!(

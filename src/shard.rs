@@ -13,6 +13,8 @@ pub mod rollup;
 pub mod sketch;
 pub mod snapshot;
 pub mod state;
+pub mod watch;
 
 pub use actor::{Shard, ShardArgs, ShardMsg, ShardRef};
 pub use state::{Bucketing, Filter, Layout, Partial, ShardQuery, ShardState, ShardStats, Source};
+pub use watch::{DeltaSink, Watch};

@@ -269,3 +269,45 @@ impl Telemetry {
         o
     }
 }
+
+/// Live-update figures: subscriptions, connected clients, updates sent, lagging clients.
+pub fn render_live(w: &mut String, live: &crate::live::LiveHub) {
+    let s = &live.stats;
+    let rows: [(&str, &str, &str, u64); 5] = [
+        (
+            "pulseboard_live_subscriptions",
+            "gauge",
+            "Subscription actors (distinct live queries).",
+            live.subscription_count() as u64,
+        ),
+        (
+            "pulseboard_ws_clients",
+            "gauge",
+            "Connected WebSocket clients.",
+            s.clients.load(Ordering::Relaxed),
+        ),
+        (
+            "pulseboard_ws_updates_sent_total",
+            "counter",
+            "Updates queued to WebSocket clients.",
+            s.updates_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "pulseboard_ws_lagged_total",
+            "counter",
+            "Times a client fell behind and was resumed from a fresh snapshot.",
+            s.lagged.load(Ordering::Relaxed),
+        ),
+        (
+            "pulseboard_ws_dropped_clients_total",
+            "counter",
+            "Clients closed because their writes stalled or they went silent.",
+            s.dropped_clients.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(w, "# HELP {name} {help}");
+        let _ = writeln!(w, "# TYPE {name} {kind}");
+        let _ = writeln!(w, "{name} {v}");
+    }
+}

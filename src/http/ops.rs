@@ -22,7 +22,8 @@ pub async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
 
 pub async fn prometheus(State(state): State<Shared>) -> impl IntoResponse {
     let stats = state.engine.stats().await.ok();
-    let body = state.telemetry.render(&state.engine, stats.as_ref());
+    let mut body = state.telemetry.render(&state.engine, stats.as_ref());
+    crate::telemetry::render_live(&mut body, &state.live);
     (
         [(
             header::CONTENT_TYPE,

@@ -1,8 +1,8 @@
 //! The shard actor: owns one [`ShardState`] and serialises everything that touches it.
 //!
-//! Messages come from three places: the log writer thread (`Apply`, in log order, only after
+//! Messages come from four places: the log writer thread (`Apply`, in log order, only after
 //! the batch is durable), the query coordinator (`Query`, `Metrics`, `Dimensions`, `Stats`),
-//! and the actor's own timer (`Tick`: retention and periodic snapshots). Every message that
+//! live subscriptions (`Watch`, `Unwatch`), and the actor's own timer (`Tick`: retention and periodic snapshots). Every message that
 //! carries points carries a whole batch, never a single point.
 
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::snapshot;
 use super::state::{Partial, ShardQuery, ShardState, ShardStats};
+use super::watch::{Watch, Watchers};
 
 pub type ShardRef = ActorRef<ShardMsg>;
 
@@ -36,6 +37,10 @@ pub enum ShardMsg {
     Stats(RpcReplyPort<ShardStats>),
     /// Retention and periodic snapshots; sent by the actor's own timer.
     Tick,
+    /// Registers a live watch and answers its query as of now: later batches reach the
+    /// watch as deltas (see `watch`).
+    Watch(Arc<Watch>, RpcReplyPort<Partial>),
+    Unwatch(u64),
     /// Write a snapshot now (shutdown); replies with the covered index.
     Snapshot(RpcReplyPort<Result<u64, String>>),
 }
@@ -52,6 +57,7 @@ pub struct Shard;
 
 pub struct ShardActorState {
     state: ShardState,
+    watchers: Watchers,
     snapshot_dir: PathBuf,
     snapshot_every: Duration,
     release: ReleaseFn,
@@ -73,6 +79,7 @@ impl Actor for Shard {
         let last = args.state.applied_index();
         Ok(ShardActorState {
             state: args.state,
+            watchers: Watchers::default(),
             snapshot_dir: args.snapshot_dir,
             snapshot_every: args.snapshot_every,
             release: args.release,
@@ -89,7 +96,12 @@ impl Actor for Shard {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Apply { index, batch, done } => {
-                st.state.apply(index, &batch);
+                if index > st.state.applied_index() {
+                    st.state.apply(index, &batch);
+                    // Before the acknowledgement: a live dashboard hears of the point no
+                    // later than the client that wrote it.
+                    st.watchers.emit(st.state.shard(), &batch);
+                }
                 if let Some(done) = done {
                     // The requester may have gone (client hung up): the batch is applied anyway.
                     let _ = done.send(());
@@ -107,6 +119,12 @@ impl Actor for Shard {
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(st.state.stats());
             }
+            ShardMsg::Watch(w, reply) => {
+                let partial = st.state.query(&w.query);
+                st.watchers.add(w);
+                let _ = reply.send(partial);
+            }
+            ShardMsg::Unwatch(id) => st.watchers.remove(id),
             ShardMsg::Tick => handle_tick(st).await,
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(take_snapshot(st).await);

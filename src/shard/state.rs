@@ -363,12 +363,18 @@ pub struct SnapshotRef<'a> {
     pub series: &'a [Series],
 }
 
-/// The bucket label of a point or cell starting at `ts`.
-fn label(q: &ShardQuery, ts: i64) -> i64 {
-    match q.bucketing {
-        Bucketing::Aligned(g) => ts.div_euclid(g) * g,
-        Bucketing::Whole => q.start_ms,
+impl ShardQuery {
+    /// The bucket label of a point or cell starting at `ts`.
+    pub fn label(&self, ts: i64) -> i64 {
+        match self.bucketing {
+            Bucketing::Aligned(g) => ts.div_euclid(g) * g,
+            Bucketing::Whole => self.start_ms,
+        }
     }
+}
+
+fn label(q: &ShardQuery, ts: i64) -> i64 {
+    q.label(ts)
 }
 
 /// Appends one series' level cells in `[start, end)` to `run`, folded into query buckets.
@@ -479,7 +485,7 @@ pub fn matches(dims: &Dimensions, filters: &[Filter]) -> bool {
     positive_keys_seen.iter().all(|(_, any)| *any)
 }
 
-fn group_key(dims: &Dimensions, group_by: &[String]) -> GroupKey {
+pub fn group_key(dims: &Dimensions, group_by: &[String]) -> GroupKey {
     group_by
         .iter()
         .filter_map(|k| dim(dims, k).map(|v| (k.clone(), v.to_owned())))
