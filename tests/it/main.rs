@@ -10,3 +10,4 @@ mod dashboards;
 mod durability;
 mod harness;
 mod ingest_query;
+mod live;
