@@ -7,6 +7,7 @@ mod dashboards;
 mod ingest;
 mod ops;
 mod query;
+mod ui;
 mod ws;
 
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found);
     Router::new()
         .nest("/api/v1", api)
+        .route("/", get(ui::index))
+        .route("/assets/{*path}", get(ui::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::prometheus))

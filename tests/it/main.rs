@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod browser;
 mod cli;
 mod dashboards;
 mod durability;
