@@ -15,13 +15,14 @@
 //! - `meta`: users, sessions, API keys, dashboards in SQLite, changed only by applying
 //!   commands.
 //! - `telemetry`: the node's own figures for `/metrics`.
-//! - `load`: the `pulseboard load` generator.
+//! - `load`: the `pulseboard load` generator. `demo`: the demo's streams and dashboard.
 //!
 //! The flow of a point: socket → `http::ingest` (parse, authenticate) → `Engine::write`
 //! (time bounds, admission, split by shard) → `cluster::SharedLog` (group commit, fsync) →
 //! `shard::ShardMsg::Apply` in log order → ring + rollups → `200 {"accepted": n}`.
 
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod http;

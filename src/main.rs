@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Start a node.
     Serve(ServeArgs),
+    /// Start a node with generated live streams (ad clicks, players online, servers) and a
+    /// ready-made dashboard; prints the URL and login.
+    Demo(ServeArgs),
     /// Drive a running node with generated points and report rate and latency.
     Load(pulseboard::load::LoadArgs),
     /// Manage users directly in a node's data directory.
@@ -91,7 +94,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(args, false)),
+        Command::Demo(args) => runtime.block_on(serve(args, true)),
         Command::Load(args) => runtime.block_on(pulseboard::load::run(args)),
         Command::User { command } => match command {
             UserCommand::Add {
@@ -114,11 +118,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Where the demo keeps its data unless told otherwise (apart from a real node's).
+const DEMO_DATA_DIR: &str = "./pulseboard-demo-data";
+/// The demo's admin password unless `PULSEBOARD_ADMIN_PASSWORD` says otherwise.
+const DEMO_PASSWORD: &str = "pulseboard-demo";
+
+async fn serve(mut args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    if demo {
+        config.data_dir = PathBuf::from(DEMO_DATA_DIR);
+        if args.admin_password.is_none() {
+            args.admin_password = Some(DEMO_PASSWORD.to_owned());
+        }
+    }
     if let Some(v) = args.http {
         config.http = v;
     }
@@ -146,7 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--join: joining a cluster is not available yet; run a single node");
     }
     let data_dir = config.data_dir.clone();
-    let started = pulseboard::server::start(config, args.admin_password).await?;
+    let started = pulseboard::server::start(config, args.admin_password.clone()).await?;
     if let Some(pw) = &started.generated_admin_password {
         tracing::warn!(
             username = "admin",
@@ -159,8 +174,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "pulseboard ready: http://{addr}  (data in {}; log in as admin)",
         data_dir.display()
     );
+    let generator = if demo {
+        let state = started.node.state();
+        let id = pulseboard::demo::ensure_dashboard(&state)?;
+        let password = args.admin_password.as_deref().unwrap_or(DEMO_PASSWORD);
+        println!();
+        println!("  Pulseboard demo: live streams of ad clicks, players online and server metrics");
+        println!("  Open   http://{addr}/#/d/{id}");
+        println!(
+            "  Login  admin / {password}   (the password set when {} was created)",
+            data_dir.display()
+        );
+        println!("  Stop   Ctrl-C");
+        println!();
+        Some(tokio::spawn(pulseboard::demo::run(state)))
+    } else {
+        None
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some(g) = generator {
+        g.abort();
+        let _ = g.await;
+    }
     started.node.stop().await;
     Ok(())
 }

@@ -100,6 +100,12 @@ impl Node {
         self.http_addr
     }
 
+    /// The node's shared state (for in-process drivers such as the demo). Drop every clone
+    /// before [`Node::stop`], or the stop cannot take the final snapshot.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
     /// Graceful stop: finish in-flight requests, snapshot every shard, close the log.
     pub async fn stop(mut self) {
         let t = Instant::now();

@@ -137,13 +137,13 @@ async fn add_panel(page: &Page, title: &str, chart: &str, count: usize) {
     .await;
 }
 
-#[tokio::test]
-async fn the_dashboard_ui_end_to_end() {
-    let node = Node::start().await;
-    let downloads = tempfile::tempdir().unwrap();
-    let (mut browser, mut handler) = Browser::launch(
+/// A browser with its own profile directory (tests run in parallel).
+async fn launch() -> (Browser, tokio::task::JoinHandle<()>, tempfile::TempDir) {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let (browser, mut handler) = Browser::launch(
         BrowserConfig::builder()
             .chrome_executable(chromium())
+            .user_data_dir(profile.path())
             .no_sandbox()
             .window_size(1400, 1000)
             .viewport(None)
@@ -155,6 +155,31 @@ async fn the_dashboard_ui_end_to_end() {
     .await
     .expect("launch Chromium");
     let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    (browser, events, profile)
+}
+
+async fn log_in(page: &Page) {
+    wait_for(
+        page,
+        "the login form",
+        "!!document.querySelector('#password')",
+    )
+    .await;
+    type_into(page, "#password", ADMIN_PASSWORD).await;
+    click(page, "#login").await;
+    wait_for(
+        page,
+        "the dashboard list",
+        "!!document.querySelector('#new-dashboard')",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_dashboard_ui_end_to_end() {
+    let node = Node::start().await;
+    let downloads = tempfile::tempdir().unwrap();
+    let (mut browser, events, _profile) = launch().await;
     let page = browser.new_page(node.url("/")).await.expect("page");
     page.execute(
         SetDownloadBehaviorParams::builder()
@@ -340,6 +365,41 @@ async fn the_dashboard_ui_end_to_end() {
         "the drilled-down export holds de's value: {csv}"
     );
 
+    browser.close().await.ok();
+    let _ = browser.wait().await;
+    events.abort();
+}
+
+#[tokio::test]
+async fn the_demo_dashboard_draws_every_panel_in_both_themes() {
+    let node = Node::start_demo().await;
+    let (mut browser, events, _profile) = launch().await;
+    let page = browser.new_page(node.url("/")).await.expect("page");
+    log_in(&page).await;
+    click(&page, ".card").await;
+    wait_for(
+        &page,
+        "the demo dashboard",
+        "document.querySelectorAll('.grid-stack-item').length === 10",
+    )
+    .await;
+    // Every panel draws something: a chart canvas, a stat value or table rows, and no
+    // "no data" or error text.
+    let drawn = "[...document.querySelectorAll('.panel-body')].every(b => !b.querySelector('.empty') && (b.querySelector('canvas') || b.querySelector('.stat .value') || b.querySelector('td')))";
+    wait_for(&page, "every demo panel to draw", drawn).await;
+    // The past-period overlay is drawn next to the live series.
+    wait_for(
+        &page,
+        "the 1 h overlay",
+        "[...document.querySelectorAll('.u-legend')].some(l => l.textContent.includes('(−1h)'))",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    shot(&page, "demo-light").await;
+    click(&page, "#theme").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(&page, "every demo panel to draw in the dark theme", drawn).await;
+    shot(&page, "demo-dark").await;
     browser.close().await.ok();
     let _ = browser.wait().await;
     events.abort();

@@ -34,8 +34,21 @@ impl Node {
 
     /// A node on an existing data directory (a restart).
     pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Node {
+        Self::start_command("serve", data_dir, extra).await
+    }
+
+    /// `pulseboard demo` in a fresh temporary data directory.
+    pub async fn start_demo() -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        let mut node = Self::start_command("demo", &path, &[]).await;
+        node._dir = Some(dir);
+        node
+    }
+
+    async fn start_command(command: &str, data_dir: &Path, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-            .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+            .args([command, "--http", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
