@@ -342,6 +342,7 @@ async fn the_dashboard_ui_end_to_end() {
     shot(&page, "4-drilled").await;
 
     // Export the table panel's data as CSV.
+    click(&page, "[data-act=menu]").await;
     click(&page, "[data-act=csv]").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let csv = loop {

@@ -401,14 +401,15 @@ function drawHeatmap(panel, body) {
   const { c, ctx, w, h: ht } = canvasFor(body);
   const labelW = Math.min(140, w * 0.3), xs = data[0];
   const rowH = (ht - 18) / groups.length, colW = (w - labelW) / Math.max(xs.length, 1);
-  let max = 0;
-  for (let i = 1; i < data.length; i++) for (const v of data[i]) if (v !== null && v > max) max = v;
+  // Colour spans the values present, so differences show even far from zero.
+  let max = -Infinity, min = Infinity;
+  for (let i = 1; i < data.length; i++) for (const v of data[i]) if (v !== null) { if (v > max) max = v; if (v < min) min = v; }
   const accent = cssVar("--accent");
   for (let r = 0; r < groups.length; r++) {
     for (let x = 0; x < xs.length; x++) {
       const v = data[r + 1][x];
       if (v === null) continue;
-      ctx.globalAlpha = 0.08 + 0.92 * (max ? v / max : 0);
+      ctx.globalAlpha = 0.1 + 0.9 * (max > min ? (v - min) / (max - min) : 1);
       ctx.fillStyle = accent;
       ctx.fillRect(labelW + x * colW, r * rowH, Math.ceil(colW), Math.ceil(rowH) - 1);
     }
@@ -463,13 +464,17 @@ class Panel {
       h("h2", { text: this.viz.title || this.viz.query.metric }),
       h("div", { class: "panel-menu" },
         h("button", { class: "ghost", title: "Edit panel", "data-act": "edit", onclick: () => this.board.editPanel(this) }, "Edit"),
-        h("button", { class: "ghost more", title: "Download CSV", "data-act": "csv", onclick: () => this.exportData("csv") }, "CSV"),
-        h("button", { class: "ghost more", title: "Download JSON", "data-act": "json", onclick: () => this.exportData("json") }, "JSON"),
-        h("button", { class: "ghost more", title: "Download PNG", "data-act": "png", onclick: () => this.exportPng() }, "PNG")));
+        h("details", { class: "menu" },
+          h("summary", { title: "Export", "data-act": "menu" }, "⋯"),
+          h("div", { class: "menu-items" },
+            h("button", { class: "ghost", "data-act": "csv", onclick: () => this.exportData("csv") }, "Data as CSV"),
+            h("button", { class: "ghost", "data-act": "json", onclick: () => this.exportData("json") }, "Data as JSON"),
+            h("button", { class: "ghost", "data-act": "png", onclick: () => this.exportPng() }, "Image (PNG)")))));
     this.crumbs = h("div", { class: "crumbs" });
     this.body = h("div", { class: "panel-body" });
     this.el = h("div", { class: "grid-stack-item-content panel", "data-panel": this.viz.id }, head, this.crumbs, this.body);
-    head.querySelectorAll("button").forEach(b => b.addEventListener("mousedown", e => e.stopPropagation()));
+    head.querySelectorAll("button, summary").forEach(b => b.addEventListener("mousedown", e => e.stopPropagation()));
+    head.querySelectorAll(".menu-items button").forEach(b => b.addEventListener("click", () => b.closest("details").removeAttribute("open")));
     return this.el;
   }
   start() {
