@@ -9,6 +9,7 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::browser::{
     SetDownloadBehaviorBehavior, SetDownloadBehaviorParams,
 };
+use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
 use chromiumoxide::cdp::browser_protocol::input::{
     DispatchMouseEventParams, DispatchMouseEventType, MouseButton,
 };
@@ -401,6 +402,19 @@ async fn the_demo_dashboard_draws_every_panel_in_both_themes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     wait_for(&page, "every demo panel to draw in the dark theme", drawn).await;
     shot(&page, "demo-dark").await;
+    // A phone: the grid folds into one column and every panel still draws.
+    page.execute(SetDeviceMetricsOverrideParams::new(390, 844, 3.0, true))
+        .await
+        .expect("phone viewport");
+    wait_for(
+        &page,
+        "one column on a phone",
+        "!!document.querySelector('.grid-stack.gs-1')",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for(&page, "every demo panel to draw on a phone", drawn).await;
+    shot(&page, "demo-phone").await;
     browser.close().await.ok();
     let _ = browser.wait().await;
     events.abort();
