@@ -238,6 +238,16 @@ fn push_dimensions(out: &mut String, group: &GroupKey) {
     out.push('}');
 }
 
+/// `,{"dimensions":{...}` (no comma before the first).
+fn open_group(out: &mut String, first: &mut bool, group: &GroupKey) {
+    if !*first {
+        out.push(',');
+    }
+    *first = false;
+    out.push_str("{\"dimensions\":");
+    push_dimensions(out, group);
+}
+
 fn push_number(out: &mut String, v: f64) {
     // Callers skip non-finite values (JSON has no NaN); Display never uses an exponent.
     let _ = write!(out, "{v}");
@@ -260,12 +270,7 @@ fn push_series<'a>(
         if values.is_empty() {
             continue;
         }
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str("{\"dimensions\":");
-        push_dimensions(out, group);
+        open_group(out, &mut first, group);
         out.push_str(",\"points\":[");
         for (i, (ts, v)) in values.iter().enumerate() {
             if i > 0 {
@@ -302,12 +307,7 @@ fn push_totals<'a>(out: &mut String, st: &SubState, groups: impl Iterator<Item =
         if !v.is_finite() {
             continue;
         }
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str("{\"dimensions\":");
-        push_dimensions(out, group);
+        open_group(out, &mut first, group);
         out.push_str(",\"value\":");
         push_number(out, v);
         out.push('}');

@@ -256,15 +256,7 @@ async fn roles_and_api_key_scopes() {
     assert_eq!(r.status(), 200);
     let r = node.client.get(node.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let text = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics_text().await;
     assert!(
         text.contains("pulseboard_ingest_points_total{protocol=\"json\"} 2"),
         "{text}"

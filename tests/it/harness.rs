@@ -154,6 +154,18 @@ impl Node {
 }
 
 impl Node {
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Any request: `token` None sends no credentials.
     pub async fn call(
         &self,

@@ -95,15 +95,7 @@ async fn clients_on_one_query_share_one_identical_stream() {
         clients.push((ws, snap));
     }
     // One subscription actor serves all three.
-    let metrics = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics_text().await;
     assert!(
         metrics.contains("pulseboard_live_subscriptions 1\n"),
         "{metrics}"
@@ -203,28 +195,12 @@ async fn a_client_that_stops_reading_does_not_delay_the_others() {
         }
         worst = worst.max(t.elapsed());
         rounds += 1;
-        let metrics = node
-            .client
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = node.metrics_text().await;
         if round >= 5 && !metrics.contains("pulseboard_ws_lagged_total 0\n") {
             break;
         }
     }
-    let metrics = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics_text().await;
     assert!(
         !metrics.contains("pulseboard_ws_lagged_total 0\n"),
         "the stalled client was never cut over after {rounds} rounds: {metrics}"
