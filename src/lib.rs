@@ -21,6 +21,7 @@
 //! (time bounds, admission, split by shard) → `cluster::SharedLog` (group commit, fsync) →
 //! `shard::ShardMsg::Apply` in log order → ring + rollups → `200 {"accepted": n}`.
 
+pub mod alert;
 pub mod config;
 pub mod demo;
 pub mod engine;
