@@ -7,12 +7,14 @@
 //! That is the seam the meta Raft group replicates: later, the service proposes commands to
 //! the group and every node applies them to its own SQLite.
 
+mod alerts;
 mod auth;
 mod command;
 mod dashboards;
 mod service;
 mod store;
 
+pub use alerts::{rule_view, AlertRuleRecord, AlertSpec, AlertStateRow, Channel};
 pub use auth::{Action, AuthError, Forbidden, Principal, Role, Scope, Via};
 pub use command::{MetaCommand, MetaOutcome};
 pub use dashboards::{DashboardDocument, DashboardInput, PanelInput, CHART_TYPES};

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::alerts::AlertRuleRecord;
 use super::auth::{Role, Scope};
 use super::dashboards::{DashboardRecord, PanelRecord};
 
@@ -67,6 +68,33 @@ pub enum MetaCommand {
     DeletePanel {
         id: u64,
         dashboard: DashboardRecord,
+    },
+    /// Creates (`base_version: None`) or replaces an alert rule; resets its states.
+    PutAlertRule {
+        rule: AlertRuleRecord,
+        base_version: Option<u64>,
+    },
+    DeleteAlertRule {
+        id: u64,
+    },
+    /// An alert group changed state; `event` also records it in the history.
+    AlertTransition {
+        rule_id: u64,
+        rule_name: String,
+        group_key: String,
+        state: String,
+        severity: String,
+        value: Option<f64>,
+        at_ms: i64,
+        event: bool,
+    },
+    /// A notification that could not be delivered.
+    AlertDeadLetter {
+        rule_id: u64,
+        channel: String,
+        payload: String,
+        error: String,
+        at_ms: i64,
     },
     /// A whole dashboard with its visualizations, atomically.
     ImportDashboard {

@@ -2,7 +2,7 @@
 //! them; authenticates bearer credentials.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -41,8 +41,10 @@ pub struct Session {
 
 pub struct MetaService {
     store: MetaStore,
-    /// The next log index; later the meta Raft group assigns them.
-    next_index: AtomicU64,
+    /// The next log index; later the meta Raft group assigns them. Held across `apply` so
+    /// commands are applied in index order (a later index applied first would make the
+    /// earlier one look already applied).
+    next_index: Mutex<u64>,
     session_ttl: Duration,
     argon2: Argon2<'static>,
     /// Verified against when a username is unknown, so both cases take the same time.
@@ -130,7 +132,7 @@ impl MetaService {
         let next = store.applied_index()? + 1;
         Ok(Self {
             store,
-            next_index: AtomicU64::new(next),
+            next_index: Mutex::new(next),
             session_ttl,
             argon2,
             dummy_hash,
@@ -142,7 +144,9 @@ impl MetaService {
     }
 
     pub(super) fn propose(&self, cmd: MetaCommand) -> Result<(), MetaError> {
-        let index = self.next_index.fetch_add(1, Ordering::SeqCst);
+        let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
+        let index = *next;
+        *next += 1;
         self.store.apply(index, &cmd).map(|_| ())
     }
 

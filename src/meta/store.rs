@@ -11,8 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::auth::{Role, Scope};
 use super::command::{MetaCommand, MetaOutcome};
 
-/// 1: users, sessions, API keys. 2: dashboards and visualizations (added tables only).
-const SCHEMA_VERSION: i64 = 2;
+/// 1: users, sessions, API keys. 2: dashboards and visualizations. 3: alert rules, states,
+/// events, dead letters. (Each version only adds tables.)
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -159,6 +160,8 @@ impl MetaStore {
         conn.execute_batch(SCHEMA)
             .map_err(storage("create schema"))?;
         conn.execute_batch(super::dashboards::SCHEMA)
+            .map_err(storage("create schema"))?;
+        conn.execute_batch(super::alerts::SCHEMA)
             .map_err(storage("create schema"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(storage("set user_version"))?;
@@ -487,6 +490,10 @@ fn apply_in(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {
         | MetaCommand::PutPanel { .. }
         | MetaCommand::DeletePanel { .. }
         | MetaCommand::ImportDashboard { .. } => super::dashboards::apply(tx, cmd)?,
+        MetaCommand::PutAlertRule { .. }
+        | MetaCommand::DeleteAlertRule { .. }
+        | MetaCommand::AlertTransition { .. }
+        | MetaCommand::AlertDeadLetter { .. } => super::alerts::apply(tx, cmd)?,
         MetaCommand::DeleteApiKey { id } => {
             let n = tx
                 .execute("DELETE FROM api_keys WHERE id = ?1", [*id as i64])
