@@ -63,6 +63,8 @@ pub struct SubState {
     seq: u64,
     buckets: HashMap<GroupKey, BTreeMap<i64, Cell>>,
     changed: BTreeSet<(GroupKey, i64)>,
+    /// Groups whose window lost buckets as time passed: their totals changed without data.
+    slid: BTreeSet<GroupKey>,
     /// The newest bucket any update has carried: changes to older buckets are corrections.
     high_water: i64,
     history: VecDeque<(u64, Arc<str>)>,
@@ -105,6 +107,7 @@ impl Actor for Subscription {
             seq: 0,
             buckets: HashMap::new(),
             changed: BTreeSet::new(),
+            slid: BTreeSet::new(),
             high_water: i64::MIN,
             history: VecDeque::new(),
             subscribers: Vec::new(),
@@ -162,6 +165,11 @@ impl Actor for Subscription {
             }
             SubMsg::Tick => {
                 slide(st);
+                // Window totals change as buckets leave the window, data or not: alert rules
+                // on "fewer than" and stat panels depend on hearing it.
+                if !st.slid.is_empty() && !st.flush_pending {
+                    flush(st);
+                }
                 if st.empty_since.is_some_and(|t| t.elapsed() >= st.linger) {
                     // Leave the registry first so no new socket joins a stopping actor.
                     st.registry
@@ -214,8 +222,12 @@ fn merge(st: &mut SubState, partial: Partial, track: bool) {
 
 fn slide(st: &mut SubState) {
     let oldest = window_start(st);
-    st.buckets.retain(|_, b| {
-        *b = b.split_off(&oldest);
+    let slid = &mut st.slid;
+    st.buckets.retain(|group, b| {
+        if b.first_key_value().is_some_and(|(ts, _)| *ts < oldest) {
+            *b = b.split_off(&oldest);
+            slid.insert(group.clone());
+        }
         !b.is_empty()
     });
     st.changed.retain(|(_, ts)| *ts >= oldest);
@@ -293,6 +305,9 @@ fn push_totals<'a>(out: &mut String, st: &SubState, groups: impl Iterator<Item =
     let mut first = true;
     for group in groups {
         let Some(buckets) = st.buckets.get(group) else {
+            // The group's last bucket left the window: it has no value any more.
+            open_group(out, &mut first, group);
+            out.push_str(",\"value\":null}");
             continue;
         };
         let mut cells = buckets.values();
@@ -393,10 +408,11 @@ fn handle_join(
 
 fn flush(st: &mut SubState) {
     st.last_flush = Instant::now();
-    if st.changed.is_empty() {
+    if st.changed.is_empty() && st.slid.is_empty() {
         return;
     }
     let changed = std::mem::take(&mut st.changed);
+    let slid = std::mem::take(&mut st.slid);
     let high_water = st.high_water;
     let mut fresh: BTreeMap<&GroupKey, Vec<(i64, &Cell)>> = BTreeMap::new();
     let mut corrections: BTreeMap<&GroupKey, Vec<(i64, &Cell)>> = BTreeMap::new();
@@ -413,7 +429,8 @@ fn flush(st: &mut SubState) {
         into.entry(group).or_default().push((*ts, cell));
         newest = newest.max(*ts);
     }
-    let mut groups: Vec<&GroupKey> = changed.iter().map(|(g, _)| g).collect();
+    let mut groups: Vec<&GroupKey> = changed.iter().map(|(g, _)| g).chain(slid.iter()).collect();
+    groups.sort();
     groups.dedup();
     let mut body = String::new();
     let _ = write!(body, "\"seq\":{},\"stream\":{}", st.seq + 1, st.stream);

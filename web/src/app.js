@@ -189,7 +189,11 @@ class PanelData {
     }
   }
   applyTotals(list) {
-    for (const t of list || []) this.totals.set(this.key(t.dimensions), { dims: t.dimensions, value: t.value });
+    for (const t of list || []) {
+      // null: the group's last bucket left the window.
+      if (t.value === null) this.totals.delete(this.key(t.dimensions));
+      else this.totals.set(this.key(t.dimensions), { dims: t.dimensions, value: t.value });
+    }
   }
   slide(oldest) {
     for (const [k, g] of this.groups) {
