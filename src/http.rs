@@ -2,6 +2,7 @@
 //! Errors become `{"error": kind, "detail": {...}}` through [`Error::status_code`] in one
 //! place ([`ApiError`]'s `IntoResponse`).
 
+mod alerts;
 mod auth;
 mod dashboards;
 mod ingest;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub engine: Engine,
     pub meta: MetaService,
     pub live: crate::live::LiveHub,
+    pub alerts: crate::alert::evaluator::AlertHandle,
     pub telemetry: Telemetry,
     pub config: Config,
 }
@@ -81,6 +83,10 @@ pub fn router(state: Shared) -> Router {
             "/dashboards/{id}/visualizations/{vid}",
             put(dashboards::update_panel).delete(dashboards::delete_panel),
         )
+        .route("/alerts", get(alerts::list).post(alerts::create))
+        .route("/alerts/events", get(alerts::events))
+        .route("/alerts/dead-letters", get(alerts::dead_letters))
+        .route("/alerts/{id}", put(alerts::update).delete(alerts::delete))
         .route("/ws", get(ws::upgrade))
         .fallback(not_found);
     Router::new()

@@ -188,6 +188,8 @@ pub struct LiveHub {
     closing: watch::Sender<bool>,
     pub stats: Arc<LiveStats>,
     linger: Duration,
+    /// `alert` messages for every authenticated socket.
+    alerts: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl LiveHub {
@@ -200,6 +202,7 @@ impl LiveHub {
             closing: watch::channel(false).0,
             stats: Arc::new(LiveStats::default()),
             linger,
+            alerts: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -209,6 +212,16 @@ impl LiveHub {
 
     pub fn new_socket_id(&self) -> u64 {
         self.next_socket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends an `alert` message (JSON text) to every connected socket.
+    pub fn publish_alert(&self, text: String) {
+        // No receivers (no sockets) is fine.
+        let _ = self.alerts.send(text.into());
+    }
+
+    pub fn alert_feed(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.alerts.subscribe()
     }
 
     /// Becomes `true` when the node stops: sockets close.

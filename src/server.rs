@@ -24,6 +24,8 @@ pub struct Node {
     state: Arc<AppState>,
     stop_http: Option<oneshot::Sender<()>>,
     http_task: JoinHandle<std::io::Result<()>>,
+    /// The alert actor; it stops when live updates close.
+    alert_task: JoinHandle<()>,
 }
 
 /// What the first start prints once: the generated admin password, if one was generated.
@@ -67,13 +69,16 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
         engine.layout().clone(),
         config.live.linger,
     );
+    let (alerts, alert_rx) = crate::alert::evaluator::channel();
     let state = Arc::new(AppState {
+        alerts,
         live,
         engine,
         meta,
         telemetry: Telemetry::default(),
         config,
     });
+    let alert_task = tokio::spawn(crate::alert::evaluator::run(state.clone(), alert_rx));
     let app = http::router(state.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -90,6 +95,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
             state,
             stop_http: Some(stop_tx),
             http_task,
+            alert_task,
         },
         generated_admin_password,
     })
@@ -120,6 +126,9 @@ impl Node {
         info!(ms = t.elapsed().as_millis() as u64, "http stopped");
         let t = Instant::now();
         self.state.live.shutdown().await;
+        if let Err(e) = (&mut self.alert_task).await {
+            warn!(cause = %e, "alert actor failed");
+        }
         // Socket tasks hold the state until they have sent their close frames.
         let state = self.state;
         for _ in 0..250 {

@@ -92,6 +92,7 @@ async fn run(state: Shared, socket: WebSocket, principal: Option<Principal>) {
         .clients
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut closing = state.live.closing();
+    let mut alerts = state.live.alert_feed();
     let mut ping = tokio::time::interval(PING_EVERY);
     let connected = Instant::now();
     let mut last_heard = Instant::now();
@@ -130,6 +131,15 @@ async fn run(state: Shared, socket: WebSocket, principal: Option<Principal>) {
                     _ => { dropped = true; break; }
                 }
                 conn.rejoin_when_drained().await;
+            }
+            alert = alerts.recv() => {
+                match alert {
+                    Ok(text) if conn.principal.is_some() => {
+                        let _ = conn.tx.try_send(Outgoing::Text(text.to_string()));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                }
             }
             _ = conn.lagged.notify.notified() => {
                 let ids = conn.lagged.take();
