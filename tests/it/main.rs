@@ -4,6 +4,7 @@
 // Test code: a failed unwrap is a failed test, with a backtrace.
 #![allow(clippy::unwrap_used)]
 
+mod alerts;
 mod auth;
 mod browser;
 mod cli;
