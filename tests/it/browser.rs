@@ -419,3 +419,79 @@ async fn the_demo_dashboard_draws_every_panel_in_both_themes() {
     let _ = browser.wait().await;
     events.abort();
 }
+
+#[tokio::test]
+async fn a_firing_alert_appears_on_the_dashboard_without_reload() {
+    let node = Node::start().await;
+    let token = Some(node.token.as_str());
+    let (_, d) = node
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/dashboards",
+            token,
+            Some(&json!({"name": "Boiler"})),
+        )
+        .await;
+    let id = d["id"].as_u64().unwrap();
+    let (s, _) = node
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/dashboards/{id}/visualizations"),
+            token,
+            Some(&json!({"title": "Temperature", "type": "line",
+                         "query": {"metric": "temp", "aggregation": "max", "window": "5m", "granularity": "1s"}})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, b) = node
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/alerts",
+            token,
+            Some(&json!({"name": "Boiler too hot", "query": {"metric": "temp", "aggregation": "max", "window": "1m"},
+                         "condition": ">", "threshold": 50, "severity": "critical",
+                         "notification_channels": [{"type": "websocket"}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    node.ingest(&json!({"data_points": [point("temp", now_ms(), 40.0, &[])]}))
+        .await;
+
+    let (mut browser, events, _profile) = launch().await;
+    let page = browser.new_page(node.url("/")).await.expect("page");
+    log_in(&page).await;
+    eval(&page, &format!("location.hash = '#/d/{id}'")).await;
+    wait_for(&page, "the panel", "document.querySelectorAll('.grid-stack-item').length === 1 && !!document.querySelector('.u-legend')").await;
+    assert_eq!(
+        eval(&page, "document.querySelectorAll('.alert-chip').length").await,
+        json!(0)
+    );
+    // A breaching point: the alert shows up on the dashboard and its panel, live.
+    node.ingest(&json!({"data_points": [point("temp", now_ms(), 72.0, &[])]}))
+        .await;
+    wait_for(
+        &page,
+        "the firing alert on the dashboard",
+        "[...document.querySelectorAll('#alert-banner .alert-chip')].some(c => c.textContent.includes('Boiler too hot'))",
+    )
+    .await;
+    wait_for(
+        &page,
+        "the panel marked as alerting",
+        "!!document.querySelector('.panel.alerting')",
+    )
+    .await;
+    shot(&page, "alert-dashboard").await;
+    // The alerts page lists the rule as firing and the event in its history.
+    click(&page, "#nav-alerts").await;
+    wait_for(
+        &page,
+        "the alerts page",
+        "!!document.querySelector('.rule .badge.firing') && document.querySelector('#alert-history').textContent.includes('firing')",
+    )
+    .await;
+    shot(&page, "alert-page").await;
+    browser.close().await.ok();
+    let _ = browser.wait().await;
+    events.abort();
+}

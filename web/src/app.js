@@ -126,6 +126,10 @@ const live = {
     ws.onmessage = ev => {
       let m;
       try { m = JSON.parse(ev.data); } catch { return; }
+      if (m.type === "alert") {
+        document.dispatchEvent(new CustomEvent("pb-alert", { detail: m }));
+        return;
+      }
       const s = m.id && this.subs.get(m.id);
       if (m.type === "error") {
         if (s) s.onMessage(m); else console.warn("live:", m);
@@ -280,6 +284,7 @@ function drawTimeSeries(panel, body) {
     axes: [axis, { ...axis, values: (u, vals) => vals.map(fmt), size: 56 }],
     legend: { show: true, live: false },
     cursor: { points: { size: 6 } },
+    hooks: { draw: [u => drawGuides(u, panel.board.guides(panel.viz.query.metric))] },
   }, all, body);
   panel.plotSig = sig;
   // Drill-down: clicking a legend entry opens the panel filtered by that series.
@@ -287,6 +292,26 @@ function drawTimeSeries(panel, body) {
     if (i === 0 || i > groups.length) return;
     el.addEventListener("click", ev => { ev.stopPropagation(); panel.drill(groups[i - 1].dims); }, true);
   });
+}
+
+// Alert thresholds as dashed lines and anomaly bands as shaded ranges, over the plot.
+function drawGuides(u, guides) {
+  if (!guides.length) return;
+  const ctx = u.ctx, { left, top, width, height } = u.bbox;
+  ctx.save();
+  ctx.beginPath(); ctx.rect(left, top, width, height); ctx.clip();
+  for (const g of guides) {
+    if (g.kind === "threshold") {
+      const y = u.valToPos(g.value, "y", true);
+      ctx.strokeStyle = cssVar("--danger"); ctx.lineWidth = 1.5 * devicePixelRatio; ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+      ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
+    } else {
+      const y0 = u.valToPos(g.upper, "y", true), y1 = u.valToPos(g.lower, "y", true);
+      ctx.fillStyle = "rgba(245, 165, 36, 0.15)";
+      ctx.fillRect(left, Math.min(y0, y1), width, Math.abs(y1 - y0));
+    }
+  }
+  ctx.restore();
 }
 
 function canvasFor(body) {
@@ -477,6 +502,9 @@ class Panel {
     this.crumbs = h("div", { class: "crumbs" });
     this.body = h("div", { class: "panel-body" });
     this.el = h("div", { class: "grid-stack-item-content panel", "data-panel": this.viz.id }, head, this.crumbs, this.body);
+    // Redraw at the new size whenever the grid (or the window) resizes the panel.
+    this.resizer = new ResizeObserver(() => { this.dirty = true; this.board.schedule(); });
+    this.resizer.observe(this.body);
     head.querySelectorAll("button, summary").forEach(b => b.addEventListener("mousedown", e => e.stopPropagation()));
     head.querySelectorAll(".menu-items button").forEach(b => b.addEventListener("click", () => b.closest("details").removeAttribute("open")));
     return this.el;
@@ -489,6 +517,7 @@ class Panel {
     this.loadOverlay();
   }
   stop() { live.unsubscribe(this.subId); if (this.plot) { this.plot.destroy(); this.plot = null; } }
+  dispose() { this.stop(); if (this.resizer) this.resizer.disconnect(); }
   setVisible(v) {
     if (v === this.visible) return;
     this.visible = v;
@@ -587,6 +616,50 @@ class Board {
     this.paused = false;
     this.frame = 0;
   }
+  async loadAlerts() {
+    const { alerts } = await api.get("/alerts");
+    this.rules = new Map(alerts.map(r => [r.id, r]));
+    this.firing = new Map();
+    for (const r of alerts) for (const st of r.states || []) {
+      if (st.state === "firing") this.firing.set(alertKey(r.id, st.dimensions), { rule_id: r.id, rule: r.name, severity: r.severity, condition: r.condition, threshold: r.threshold, value: st.value, dimensions: st.dimensions, band: null });
+    }
+    this.onAlert = ev => {
+      const m = ev.detail;
+      const key = alertKey(m.rule_id, m.dimensions);
+      if (m.state === "firing") this.firing.set(key, m); else this.firing.delete(key);
+      if (m.state === "firing") toast(`${m.condition === "anomaly" ? "Anomaly" : "Alert"}: ${m.rule} (${dimsLabel(m.dimensions)})`);
+      this.renderAlerts();
+    };
+    document.addEventListener("pb-alert", this.onAlert);
+    this.renderAlerts();
+  }
+  // Firing alerts on top of the dashboard, anomalies first; panels on their metric marked.
+  renderAlerts() {
+    const list = [...this.firing.values()].sort((a, b) => (b.condition === "anomaly") - (a.condition === "anomaly"));
+    this.banner.replaceChildren(...list.map(a => h("a", { class: `alert-chip ${a.condition === "anomaly" ? "anomaly" : ""} sev-${a.severity}`, href: "#/alerts" },
+      `${a.condition === "anomaly" ? "◆ anomaly" : "● firing"} · ${a.rule}${Object.keys(a.dimensions || {}).length ? " · " + dimsLabel(a.dimensions) : ""} · ${fmt(a.value)}`)));
+    this.banner.hidden = !list.length;
+    for (const p of this.panels.values()) {
+      const mine = list.filter(a => (this.rules.get(a.rule_id) || {}).query?.metric === p.viz.query.metric);
+      p.el.classList.toggle("alerting", mine.length > 0);
+      p.el.classList.toggle("anomalous", mine.some(a => a.condition === "anomaly"));
+      p.plotSig = null;
+      p.dirty = true;
+    }
+    this.schedule();
+  }
+  // Threshold lines and anomaly bands of the rules on a metric, for charts to draw.
+  guides(metric) {
+    const out = [];
+    for (const r of (this.rules || new Map()).values()) {
+      if (r.query?.metric !== metric) continue;
+      if (r.condition !== "anomaly" && typeof r.threshold === "number") out.push({ kind: "threshold", value: r.threshold });
+    }
+    for (const a of (this.firing || new Map()).values()) {
+      if (a.band && (this.rules.get(a.rule_id) || {}).query?.metric === metric) out.push({ kind: "band", lower: a.band[0], upper: a.band[1] });
+    }
+    return out;
+  }
   schedule() {
     if (this.frame) return;
     this.frame = requestAnimationFrame(() => { this.frame = 0; for (const p of this.panels.values()) p.render(); });
@@ -609,7 +682,9 @@ class Board {
       h("button", { id: "add-panel", class: "primary", onclick: () => this.editPanel(null) }, "Add panel"),
       h("button", { id: "export-dashboard", onclick: () => this.exportDashboard() }, "Export"));
     this.gridEl = h("div", { class: "grid-stack" });
+    this.banner = h("div", { class: "alert-banner", id: "alert-banner", hidden: true });
     main.replaceChildren(
+      this.banner,
       h("div", { class: "page-head" }, h("h1", { text: this.dash.name }),
         this.dash.is_public ? h("span", { class: "badge", text: "public" }) : null,
         h("span", { class: "badge", text: this.dash.description || "" })),
@@ -643,11 +718,12 @@ class Board {
     panel.start();
   }
   unmount() {
-    for (const p of this.panels.values()) p.stop();
+    for (const p of this.panels.values()) p.dispose();
     if (this.observer) this.observer.disconnect();
     window.removeEventListener("resize", this.onResize);
     document.removeEventListener("pb-theme", this.onTheme);
     document.removeEventListener("pb-live", this.onLive);
+    if (this.onAlert) document.removeEventListener("pb-alert", this.onAlert);
     if (this.grid) this.grid.destroy(false);
     $("#controls").replaceChildren();
   }
@@ -761,6 +837,104 @@ class Board {
   }
 }
 
+// ---------- alerts ----------
+
+const CONDITIONS = [">", ">=", "<", "<=", "==", "!=", "anomaly"];
+
+function alertKey(ruleId, dims) { return `${ruleId}|${JSON.stringify(Object.entries(dims || {}).sort())}`; }
+
+function ruleSummary(r) {
+  const q = r.query || {};
+  const what = `${q.aggregation || "avg"}(${q.metric}) over ${q.window || "15m"}`;
+  const cond = r.condition === "anomaly" ? `anomalous (${r.sensitivity || "medium"})` : `${r.condition} ${r.threshold}`;
+  return `${what} ${cond}${r.for ? ` for ${r.for}` : ""}${q.group_by ? ` · per ${[].concat(q.group_by).join(",")}` : ""}`;
+}
+
+function editRule(rule, done) {
+  const q = rule ? rule.query : { aggregation: "avg", window: "1m" };
+  const hook = rule && (rule.notification_channels || []).find(c => c.type === "webhook");
+  const f = {
+    name: h("input", { id: "r-name", value: rule ? rule.name : "" }),
+    metric: h("input", { id: "r-metric", value: q.metric || "" }),
+    aggregation: h("select", { id: "r-aggregation" }, ...AGGREGATIONS.map(a => h("option", { value: a, text: a, selected: a === (q.aggregation || "avg") }))),
+    window: h("input", { id: "r-window", value: q.window || "1m" }),
+    group_by: h("input", { id: "r-group-by", placeholder: "e.g. host", value: [].concat(q.group_by || []).join(",") }),
+    filter: h("input", { id: "r-filter", placeholder: "key:value, key:!value", value: [].concat(q.filter || []).join(", ") }),
+    condition: h("select", { id: "r-condition" }, ...CONDITIONS.map(c => h("option", { value: c, text: c, selected: c === (rule ? rule.condition : ">") }))),
+    threshold: h("input", { id: "r-threshold", type: "number", step: "any", value: rule && rule.threshold !== undefined ? rule.threshold : "" }),
+    sensitivity: h("select", { id: "r-sensitivity" }, ...["low", "medium", "high"].map(x => h("option", { value: x, text: x, selected: x === ((rule && rule.sensitivity) || "medium") }))),
+    for: h("input", { id: "r-for", placeholder: "e.g. 1m", value: (rule && rule.for) || "" }),
+    severity: h("select", { id: "r-severity" }, ...["info", "warning", "critical"].map(x => h("option", { value: x, text: x, selected: x === ((rule && rule.severity) || "warning") }))),
+    webhook: h("input", { id: "r-webhook", placeholder: "https://… (optional)", value: hook ? hook.url : "" }),
+  };
+  const err = h("div", { class: "error" });
+  const field = (label, el, wide) => h("div", { class: wide ? "wide" : "" }, h("label", { for: el.id, text: label }), el);
+  const back = h("div", { class: "modal-back", onclick: e => { if (e.target === back) back.remove(); } });
+  const save = async () => {
+    const query = { metric: f.metric.value.trim(), aggregation: f.aggregation.value, window: f.window.value.trim() || "1m" };
+    if (f.group_by.value.trim()) query.group_by = f.group_by.value.trim();
+    if (parseFilter(f.filter.value).length) query.filter = parseFilter(f.filter.value);
+    const channels = [{ type: "websocket" }, { type: "log" }];
+    if (f.webhook.value.trim()) channels.push({ type: "webhook", url: f.webhook.value.trim() });
+    const body = {
+      name: f.name.value.trim(), query, condition: f.condition.value, severity: f.severity.value,
+      notification_channels: channels,
+    };
+    if (f.condition.value === "anomaly") body.sensitivity = f.sensitivity.value;
+    else body.threshold = f.threshold.value === "" ? null : Number(f.threshold.value);
+    if (f.for.value.trim()) body.for = f.for.value.trim();
+    try {
+      if (rule) await api.put(`/alerts/${rule.id}`, { ...body, version: rule.version });
+      else await api.post("/alerts", body);
+      back.remove();
+      done();
+    } catch (e) { err.textContent = e.message; }
+  };
+  back.append(h("form", { class: "modal", onsubmit: e => { e.preventDefault(); save(); } },
+    h("h2", { text: rule ? "Edit alert rule" : "New alert rule" }),
+    h("div", { class: "form-grid" },
+      field("Name", f.name, true), field("Metric", f.metric), field("Aggregation", f.aggregation),
+      field("Window", f.window), field("Group by (alert per group)", f.group_by), field("Filter", f.filter, true),
+      field("Condition", f.condition), field("Threshold", f.threshold), field("Anomaly sensitivity", f.sensitivity),
+      field("For (hold before firing)", f.for), field("Severity", f.severity), field("Webhook", f.webhook, true)),
+    err,
+    h("div", { class: "actions" },
+      h("button", { type: "button", onclick: () => back.remove() }, "Cancel"),
+      h("button", { type: "submit", class: "primary", id: "r-save" }, "Save"))));
+  document.body.append(back);
+  f.name.focus();
+}
+
+async function showAlerts(main) {
+  const [{ alerts }, { events }] = await Promise.all([api.get("/alerts"), api.get("/alerts/events?limit=50")]);
+  const reload = () => route();
+  $("#controls").replaceChildren(h("button", { class: "primary", id: "new-rule", onclick: () => editRule(null, reload) }, "New rule"));
+  const stateBadge = r => {
+    const firing = (r.states || []).filter(s => s.state === "firing");
+    const pending = (r.states || []).filter(s => s.state === "pending");
+    if (firing.length) return h("span", { class: `badge firing ${r.condition === "anomaly" ? "anomaly" : ""}`, text: `firing ×${firing.length}` });
+    if (pending.length) return h("span", { class: "badge pending", text: `pending ×${pending.length}` });
+    return h("span", { class: "badge ok", text: "ok" });
+  };
+  main.replaceChildren(
+    h("div", { class: "page-head" }, h("h1", { text: "Alert rules" })),
+    alerts.length ? h("div", { class: "rules" }, ...alerts.map(r => h("div", { class: "card rule", "data-rule": r.id },
+      h("div", { class: "rule-head" }, h("h3", { text: r.name }), stateBadge(r), h("span", { class: `badge sev-${r.severity}`, text: r.severity }),
+        h("div", { class: "spacer" }),
+        h("button", { class: "ghost", onclick: () => editRule(r, reload) }, "Edit"),
+        h("button", { class: "ghost danger", onclick: async () => { if (confirm(`Delete ${r.name}?`)) { await api.del(`/alerts/${r.id}`); reload(); } } }, "Delete")),
+      h("p", { text: ruleSummary(r) }),
+      ...(r.states || []).filter(s => s.state === "firing").map(s => h("p", { class: "firing-line", text: `● ${dimsLabel(s.dimensions)} = ${fmt(s.value)} since ${new Date(s.since_ms).toLocaleTimeString()}` })))))
+      : h("div", { class: "empty", text: "No alert rules yet." }),
+    h("div", { class: "page-head history-head" }, h("h1", { text: "History" })),
+    h("div", { class: "card" }, events.length ? h("table", { class: "data", id: "alert-history" },
+      h("thead", {}, h("tr", {}, ...["time", "rule", "group", "state", "value", "severity"].map(t => h("th", { text: t })))),
+      h("tbody", {}, ...events.map(e => h("tr", {},
+        h("td", { text: new Date(e.at).toLocaleString() }), h("td", { text: e.rule }), h("td", { text: dimsLabel(e.dimensions) }),
+        h("td", {}, h("span", { class: `badge ${e.state}`, text: e.state })), h("td", { class: "num", text: fmt(e.value) }), h("td", { text: e.severity })))))
+      : h("div", { class: "empty", text: "Nothing has fired yet." })));
+}
+
 // ---------- pages ----------
 
 let board = null;
@@ -838,7 +1012,7 @@ async function showDashboard(main, id) {
   const dash = await api.get(`/dashboards/${id}`);
   board = new Board(dash);
   board.mount(main);
-  $("#nav").textContent = "";
+  await board.loadAlerts();
 }
 
 async function route() {
@@ -848,11 +1022,17 @@ async function route() {
   const main = $("#main");
   const hash = location.hash || "#/";
   $("#logout").hidden = !api.token;
+  $("#nav").replaceChildren(...(api.token ? [
+    h("a", { href: "#/", class: hash === "#/" ? "active" : "" }, "Dashboards"),
+    h("a", { href: "#/alerts", id: "nav-alerts", class: hash.startsWith("#/alerts") ? "active" : "" }, "Alerts"),
+  ] : []));
+  if (api.token) live.open();
   if (!api.token && !hash.startsWith("#/login")) { location.hash = "#/login"; return; }
   try {
     if (hash.startsWith("#/login")) return showLogin(main);
     const m = hash.match(/^#\/d\/(\d+)/);
     if (m) return await showDashboard(main, m[1]);
+    if (hash.startsWith("#/alerts")) return await showAlerts(main);
     return await showList(main);
   } catch (e) {
     main.replaceChildren(h("div", { class: "empty", text: e.message }));
