@@ -11,9 +11,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,57 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-const PASSWORD: &str = "bench-password";
-
-struct Server {
-    child: Child,
-    base: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-        .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("PULSEBOARD_ADMIN_PASSWORD", PASSWORD)
-        .env("PULSEBOARD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut addr = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("pulseboard ready: http://") {
-            addr = rest.split_whitespace().next().unwrap().to_owned();
-            break;
-        }
-    }
-    let base = format!("http://{addr}");
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    Server {
-        child,
-        base,
-        token: r["token"].as_str().unwrap().to_owned(),
-        _dir: dir,
-    }
-}
+use common::start;
 
 fn now_ms() -> i64 {
     pulseboard::now_ms()
