@@ -293,3 +293,38 @@ async fn a_restart_keeps_rules_states_and_history() {
     assert_eq!(events(&node, rule).await.len(), 1);
     drop(guard);
 }
+
+#[tokio::test]
+async fn an_anomaly_rule_fires_on_a_spike_after_learning_the_baseline() {
+    let node = Node::start().await;
+    // One sample per 1 s window; the detector needs 30 samples before it judges.
+    let rule = create_rule(
+        &node,
+        json!({"name": "traffic anomaly", "query": {"metric": "rps", "aggregation": "avg", "window": "1s"},
+               "condition": "anomaly", "sensitivity": "medium",
+               "notification_channels": [{"type": "websocket"}]}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(36) {
+        let v = 100.0 + (i % 5) as f64 - 2.0;
+        node.ingest(&json!({"data_points": [point("rps", now_ms(), v, &[])]}))
+            .await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        events(&node, rule).await.is_empty(),
+        "a steady series raises nothing"
+    );
+    let spike = Instant::now();
+    while spike.elapsed() < Duration::from_secs(3) {
+        node.ingest(&json!({"data_points": [point("rps", now_ms(), 400.0, &[])]}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let e = wait_event(&node, rule, "firing", Duration::from_secs(5)).await;
+    assert_eq!(e[0]["rule"], "traffic anomaly");
+}
