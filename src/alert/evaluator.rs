@@ -226,7 +226,7 @@ async fn reload(
             let key = group_key(&s.dimensions);
             rule.groups.insert(
                 key.clone(),
-                new_group(&rule, s.dimensions.clone(), key, st, s.value),
+                new_group(rule.k, s.dimensions.clone(), key, st, s.value),
             );
         }
         join(state, &rule, tx, lagged).await;
@@ -247,7 +247,7 @@ async fn reload(
     }
 }
 
-fn new_group(rule: &Rule, dims: Value, key: String, state: State, value: Option<f64>) -> Group {
+fn new_group(k: Option<f64>, dims: Value, key: String, state: State, value: Option<f64>) -> Group {
     Group {
         dims,
         key,
@@ -255,7 +255,7 @@ fn new_group(rule: &Rule, dims: Value, key: String, state: State, value: Option<
         state,
         since_ms: None,
         last_notified_ms: crate::now_ms(),
-        detector: rule.k.map(Detector::new),
+        detector: k.map(Detector::new),
         next_sample_ms: 0,
         band: None,
         anomalous: false,
@@ -273,18 +273,10 @@ fn take_totals(rule: &mut Rule, body: &str) {
         let key = group_key(&dims);
         let value = t["value"].as_f64();
         let k = rule.k;
-        let g = rule.groups.entry(key.clone()).or_insert_with(|| Group {
-            dims,
-            key,
-            value: None,
-            state: State::Ok,
-            since_ms: None,
-            last_notified_ms: 0,
-            detector: k.map(Detector::new),
-            next_sample_ms: 0,
-            band: None,
-            anomalous: false,
-        });
+        let g = rule
+            .groups
+            .entry(key.clone())
+            .or_insert_with(|| new_group(k, dims, key, State::Ok, None));
         g.value = value;
     }
 }

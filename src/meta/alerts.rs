@@ -11,9 +11,9 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::auth::{Principal, Role, Scope, Via};
+use super::auth::Principal;
 use super::command::MetaCommand;
-use super::service::{random_id, MetaService};
+use super::service::{random_id, require_editor, MetaService};
 use super::store::{storage, MetaError};
 
 pub const SCHEMA: &str = "
@@ -436,22 +436,6 @@ impl super::store::MetaStore {
 
 // ---- the service ----
 
-fn require_editor(p: &Principal) -> Result<(), MetaError> {
-    let key_ok = match p.via {
-        Via::Session => true,
-        Via::ApiKey { .. } => p.scopes.contains(&Scope::Admin),
-    };
-    if p.role >= Role::Editor && key_ok {
-        Ok(())
-    } else {
-        Err(MetaError::Forbidden(format!(
-            "changing alert rules needs role editor or higher (API keys: scope admin); {} has role {}",
-            p.name,
-            p.role.as_str()
-        )))
-    }
-}
-
 pub fn rule_view(r: &AlertRuleRecord) -> Value {
     let mut v: Value = serde_json::from_str(&r.spec).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
@@ -477,7 +461,7 @@ impl MetaService {
         version: Option<u64>,
         now_ms: i64,
     ) -> Result<Value, MetaError> {
-        require_editor(caller)?;
+        require_editor(caller, "alert rules")?;
         spec.validate()?;
         let text = serde_json::to_string(&spec).map_err(|e| invalid("rule", e.to_string()))?;
         let current = match id {
@@ -517,7 +501,7 @@ impl MetaService {
     }
 
     pub fn delete_alert_rule(&self, caller: &Principal, id: u64) -> Result<(), MetaError> {
-        require_editor(caller)?;
+        require_editor(caller, "alert rules")?;
         self.propose(MetaCommand::DeleteAlertRule { id })
     }
 

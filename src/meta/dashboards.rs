@@ -15,9 +15,9 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::auth::{Principal, Role, Scope, Via};
+use super::auth::{Principal, Role};
 use super::command::MetaCommand;
-use super::service::{random_id, MetaService};
+use super::service::{random_id, require_editor, MetaService};
 use super::store::{storage, MetaError};
 
 /// What is stored for a dashboard; also the payload of [`MetaCommand::PutDashboard`].
@@ -503,25 +503,8 @@ const DOCUMENT_VERSION: u32 = 1;
 
 // ---- the service ----
 
-/// Writes need an editor (or higher) session, or an API key with the `admin` scope.
-fn require_writer(p: &Principal) -> Result<(), MetaError> {
-    let key_ok = match p.via {
-        Via::Session => true,
-        Via::ApiKey { .. } => p.scopes.contains(&Scope::Admin),
-    };
-    if p.role >= Role::Editor && key_ok {
-        Ok(())
-    } else {
-        Err(MetaError::Forbidden(format!(
-            "changing dashboards needs role editor or higher (API keys: scope admin); {} has role {}",
-            p.name,
-            p.role.as_str()
-        )))
-    }
-}
-
 fn may_change(p: &Principal, d: &DashboardRecord) -> Result<(), MetaError> {
-    require_writer(p)?;
+    require_editor(p, "dashboards")?;
     if p.role == Role::Admin || d.owner_user_id == p.user_id || d.shared {
         Ok(())
     } else {
@@ -605,7 +588,7 @@ impl MetaService {
         input: DashboardInput,
         now_ms: i64,
     ) -> Result<Value, MetaError> {
-        require_writer(caller)?;
+        require_editor(caller, "dashboards")?;
         let name = input.name.unwrap_or_default();
         check_text("name", &name, MAX_NAME, true)?;
         let description = input.description.unwrap_or_default();
@@ -850,7 +833,7 @@ impl MetaService {
         doc: DashboardDocument,
         now_ms: i64,
     ) -> Result<Value, MetaError> {
-        require_writer(caller)?;
+        require_editor(caller, "dashboards")?;
         if doc.pulseboard_dashboard != DOCUMENT_VERSION {
             return Err(invalid(
                 "pulseboard_dashboard",

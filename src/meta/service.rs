@@ -59,6 +59,24 @@ fn salt() -> Result<SaltString, MetaError> {
     })
 }
 
+/// Changing dashboards or alert rules needs an editor (or higher) session, or an API key with
+/// the `admin` scope (SPEC's scopes have no narrower write scope).
+pub(super) fn require_editor(p: &Principal, what: &str) -> Result<(), MetaError> {
+    let key_ok = match p.via {
+        Via::Session => true,
+        Via::ApiKey { .. } => p.scopes.contains(&Scope::Admin),
+    };
+    if p.role >= Role::Editor && key_ok {
+        Ok(())
+    } else {
+        Err(MetaError::Forbidden(format!(
+            "changing {what} needs role editor or higher (API keys: scope admin); {} has role {}",
+            p.name,
+            p.role.as_str()
+        )))
+    }
+}
+
 pub(super) fn random_id() -> u64 {
     // 53 bits: exact in JavaScript numbers, which is what dashboards read ids with.
     (rand::random::<u64>() >> 11).max(1)
