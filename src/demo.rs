@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::http::AppState;
-use crate::meta::{DashboardDocument, Principal, Role, Via};
+use crate::meta::{AlertSpec, DashboardDocument, Principal, Role, Via};
 
 pub const DASHBOARD_NAME: &str = "Live operations (demo)";
 const TICK: Duration = Duration::from_millis(250);
@@ -215,6 +215,7 @@ pub fn ensure_dashboard(state: &AppState) -> Result<u64> {
         scopes: Vec::new(),
         via: Via::Session,
     };
+    ensure_rules(state, &principal)?;
     let existing = state.meta.list_dashboards(Some(&principal))?;
     if let Some(d) = existing.iter().find(|d| d["name"] == DASHBOARD_NAME) {
         return Ok(d["id"].as_u64().unwrap_or(0));
@@ -225,6 +226,31 @@ pub fn ensure_dashboard(state: &AppState) -> Result<u64> {
         .meta
         .import_dashboard(&principal, doc, crate::now_ms())?;
     Ok(d["id"].as_u64().unwrap_or(0))
+}
+
+/// Two rules that fire now and then on the demo's streams: a host's CPU spike, and an anomaly
+/// in ad clicks (the campaigns' spikes).
+fn ensure_rules(state: &AppState, admin: &Principal) -> Result<()> {
+    if !state.meta.list_alert_rules()?.is_empty() {
+        return Ok(());
+    }
+    let rules = [
+        json!({"name": "Host CPU above 85 %", "query": {"metric": "server.cpu", "aggregation": "avg", "window": "30s", "group_by": "host"},
+               "condition": ">", "threshold": 85, "for": "20s", "severity": "critical",
+               "notification_channels": [{"type": "websocket"}, {"type": "log"}]}),
+        json!({"name": "Unusual ad clicks", "query": {"metric": "ad.clicks", "aggregation": "sum", "window": "30s", "group_by": "campaign"},
+               "condition": "anomaly", "sensitivity": "medium", "severity": "warning",
+               "notification_channels": [{"type": "websocket"}, {"type": "log"}]}),
+    ];
+    for r in rules {
+        let spec: AlertSpec = serde_json::from_value(r)
+            .map_err(|e| Error::Internal(format!("demo alert rule: {e}")))?;
+        state
+            .meta
+            .put_alert_rule(admin, None, spec, None, crate::now_ms())?;
+    }
+    state.alerts.reload();
+    Ok(())
 }
 
 /// Backfills the last two hours, then writes a step every 250 ms until the task is dropped.
