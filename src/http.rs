@@ -88,6 +88,7 @@ pub fn router(state: Shared) -> Router {
         .route("/alerts/dead-letters", get(alerts::dead_letters))
         .route("/alerts/{id}", put(alerts::update).delete(alerts::delete))
         .route("/ws", get(ws::upgrade))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found);
     Router::new()
         .nest("/api/v1", api)
@@ -100,6 +101,14 @@ pub fn router(state: Shared) -> Router {
         // Bodies are read with our own limit so the 413 has our JSON shape.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// The OpenAPI document of this API; `tests/it/openapi.rs` keeps it in step with the routes.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("http/openapi.json"),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -13,3 +13,4 @@ mod durability;
 mod harness;
 mod ingest_query;
 mod live;
+mod openapi;
