@@ -78,6 +78,7 @@ fn main() {
                 shard: s as u32,
                 received_ms: now,
                 points: c.to_vec(),
+                batch_id: None,
             })
             .collect();
         prepared.push((s, list));

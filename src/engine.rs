@@ -14,9 +14,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cluster::{Apply, FsyncMode, LogConfig, SharedLog};
+use dashmap::DashMap;
 use protocol::{DataPoint, PointError, ShardBatch};
 use ractor::Actor;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -114,6 +115,50 @@ pub struct Engine {
     query_timeout: Duration,
     /// Last arrival stamp handed out; see [`Engine::arrival_stamp`].
     last_arrival: AtomicI64,
+    /// Idempotency keys of recent requests (SPEC §3), rebuilt at start from the shards.
+    keys: Arc<DashMap<String, KeyState>>,
+}
+
+/// Where a request with an idempotency key stands.
+enum KeyState {
+    /// Being written; later requests with the key wait for it.
+    InFlight(Arc<Notify>),
+    /// Durable: later requests with the key get the same answer.
+    Done { accepted: usize, at_ms: i64 },
+}
+
+/// Idempotency keys kept in memory at most; past it the oldest half is forgotten.
+const MAX_KEYS: usize = 1_000_000;
+const MAX_KEY_BYTES: usize = 256;
+
+/// Settles a key when the write ends, however it ends: `Done` once the batch is in the log
+/// (it will be applied even if the client went away), forgotten if it never got there.
+struct KeyGuard {
+    keys: Arc<DashMap<String, KeyState>>,
+    key: String,
+    notify: Arc<Notify>,
+    accepted: Option<usize>,
+    now_ms: i64,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        match self.accepted {
+            Some(accepted) => {
+                self.keys.insert(
+                    std::mem::take(&mut self.key),
+                    KeyState::Done {
+                        accepted,
+                        at_ms: self.now_ms,
+                    },
+                );
+            }
+            None => {
+                self.keys.remove(&self.key);
+            }
+        }
+        self.notify.notify_waiters();
+    }
 }
 
 /// Persisted once, at creation: a node refuses to start with a different shard count,
@@ -212,6 +257,21 @@ impl Engine {
                 log.release(shard, index);
             }
         });
+        // Requests with idempotency keys that the log holds: the answer they got is the sum
+        // of their points over the shards.
+        let keys: Arc<DashMap<String, KeyState>> = Arc::new(DashMap::new());
+        let now = crate::now_ms();
+        for state in &states {
+            for (key, points) in state.batch_ids() {
+                let mut e = keys.entry(key).or_insert(KeyState::Done {
+                    accepted: 0,
+                    at_ms: now,
+                });
+                if let KeyState::Done { accepted, .. } = e.value_mut() {
+                    *accepted += points as usize;
+                }
+            }
+        }
         let mut shards = Vec::with_capacity(states.len());
         for state in states {
             let args = ShardArgs {
@@ -239,6 +299,7 @@ impl Engine {
             max_future_ms: config.storage_max_future_ms(),
             query_timeout: Duration::from_secs(30),
             last_arrival: AtomicI64::new(0),
+            keys,
         })
     }
 
@@ -276,6 +337,72 @@ impl Engine {
     /// The number of points accepted, once every point is in the log (fsynced, unless the
     /// node runs with `fsync = false`) and applied by its shard.
     pub async fn write(&self, points: Vec<DataPoint>, now_ms: i64) -> Result<usize> {
+        self.write_batch(points, now_ms, None, &mut None).await
+    }
+
+    /// [`Engine::write`] with the client's idempotency key: a request whose key was already
+    /// written is not written again and gets the first answer; one still in flight is
+    /// waited for.
+    pub async fn write_idempotent(
+        &self,
+        points: Vec<DataPoint>,
+        now_ms: i64,
+        key: Option<&str>,
+    ) -> Result<usize> {
+        let Some(key) = key else {
+            return self.write(points, now_ms).await;
+        };
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(Error::BadRequest(format!(
+                "idempotency key: 1 to {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        let notify = loop {
+            let wait = {
+                match self.keys.entry(key.to_owned()) {
+                    dashmap::Entry::Occupied(e) => match e.get() {
+                        KeyState::Done { accepted, .. } => return Ok(*accepted),
+                        KeyState::InFlight(n) => n.clone(),
+                    },
+                    dashmap::Entry::Vacant(v) => {
+                        let n = Arc::new(Notify::new());
+                        v.insert(KeyState::InFlight(n.clone()));
+                        break n;
+                    }
+                }
+            };
+            // Wait for the writer to settle the key. A notification sent between releasing the
+            // map's lock and registering here would be missed, so re-check every 50 ms.
+            let _ = tokio::time::timeout(Duration::from_millis(50), wait.notified()).await;
+        };
+        self.forget_old_keys(now_ms);
+        let mut guard = Some(KeyGuard {
+            keys: self.keys.clone(),
+            key: key.to_owned(),
+            notify,
+            accepted: None,
+            now_ms,
+        });
+        self.write_batch(points, now_ms, Some(key), &mut guard)
+            .await
+    }
+
+    fn forget_old_keys(&self, now_ms: i64) {
+        if self.keys.len() < MAX_KEYS {
+            return;
+        }
+        let horizon = now_ms - crate::shard::state::BATCH_ID_RETENTION_MS / 2;
+        self.keys
+            .retain(|_, s| !matches!(s, KeyState::Done { at_ms, .. } if *at_ms < horizon));
+    }
+
+    async fn write_batch(
+        &self,
+        points: Vec<DataPoint>,
+        now_ms: i64,
+        batch_id: Option<&str>,
+        key: &mut Option<KeyGuard>,
+    ) -> Result<usize> {
         let n = points.len();
         if n == 0 {
             return Ok(0);
@@ -340,6 +467,7 @@ impl Engine {
                 shard: shard as u32,
                 received_ms: arrival,
                 points,
+                batch_id: batch_id.map(str::to_owned),
             };
             let bytes =
                 protocol::codec::encode(&batch).map_err(|e| Error::Internal(e.to_string()))?;
@@ -351,6 +479,10 @@ impl Engine {
             cluster::LogError::Full => Error::LogFull { retry_after_s: 1 },
             other => Error::Unavailable(other.to_string()),
         })?;
+        // In the log: the request will be applied even if its caller goes away now.
+        if let Some(k) = key.as_mut() {
+            k.accepted = Some(n);
+        }
         for wait in waits {
             wait.await.map_err(|_| {
                 Error::Unavailable("a shard stopped before applying a durable batch".into())

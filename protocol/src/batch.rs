@@ -12,4 +12,7 @@ pub struct ShardBatch {
     pub shard: u32,
     pub received_ms: i64,
     pub points: Vec<DataPoint>,
+    /// The client's idempotency key for the request this batch is part of: the shard
+    /// remembers it, so a retried request is applied once (SPEC §3).
+    pub batch_id: Option<String>,
 }

@@ -71,6 +71,7 @@ mod tests {
             proptest::collection::vec(point, 0..20),
         )
             .prop_map(|(shard, received_ms, points)| ShardBatch {
+                batch_id: None,
                 shard,
                 received_ms,
                 points,

@@ -23,6 +23,17 @@ fn authorize(state: &Shared, token: Option<&str>) -> ApiResult<Principal> {
     Ok(principal)
 }
 
+/// The `Idempotency-Key` header, if any (SPEC §3; JSON bodies may carry `batch_id` instead).
+fn idempotency_key(parts: &Parts) -> Result<Option<String>, Error> {
+    match parts.headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|_| Error::BadRequest("Idempotency-Key: must be visible ASCII".into())),
+    }
+}
+
 fn split(req: Request) -> (Parts, Body) {
     req.into_parts()
 }
@@ -59,7 +70,11 @@ async fn ingest_json_inner(state: &Shared, req: Request) -> Result<usize, ApiErr
     if header_token.is_none() {
         authorize(state, request.authentication_token.as_deref())?;
     }
-    Ok(state.engine.write(request.points, crate::now_ms()).await?)
+    let key = idempotency_key(&parts)?.or(request.batch_id);
+    Ok(state
+        .engine
+        .write_idempotent(request.points, crate::now_ms(), key.as_deref())
+        .await?)
 }
 
 pub async fn write_line_protocol(
@@ -104,7 +119,11 @@ async fn write_lines_inner(
     let batch =
         protocol::line::parse_lines(text, precision, now, &state.limits()).map_err(Error::from)?;
     *ignored = batch.ignored_string_fields;
-    Ok(state.engine.write(batch.points, now).await?)
+    let key = idempotency_key(&parts)?;
+    Ok(state
+        .engine
+        .write_idempotent(batch.points, now, key.as_deref())
+        .await?)
 }
 
 impl super::AppState {

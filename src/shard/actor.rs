@@ -35,6 +35,8 @@ pub enum ShardMsg {
     Metrics(RpcReplyPort<HashMap<String, u64>>),
     Dimensions(String, RpcReplyPort<HashMap<String, HashMap<String, u64>>>),
     Stats(RpcReplyPort<ShardStats>),
+    /// The idempotency keys this shard remembers, with its share of each request's points.
+    BatchIds(RpcReplyPort<Vec<(String, u32)>>),
     /// Retention and periodic snapshots; sent by the actor's own timer.
     Tick,
     /// Registers a live watch and answers its query as of now: later batches reach the
@@ -118,6 +120,9 @@ impl Actor for Shard {
             }
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(st.state.stats());
+            }
+            ShardMsg::BatchIds(reply) => {
+                let _ = reply.send(st.state.batch_ids());
             }
             ShardMsg::Watch(w, reply) => {
                 let partial = st.state.query(&w.query);

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::state::{ShardState, Snapshot};
 
-const MAGIC: &[u8; 8] = b"PBSNAP01";
+/// 02: adds the idempotency keys of applied requests.
+const MAGIC: &[u8; 8] = b"PBSNAP02";
 const HEADER: usize = 8 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]

@@ -117,7 +117,19 @@ pub struct Snapshot {
     pub applied_index: u64,
     pub layout: Layout,
     pub series: Vec<Series>,
+    pub batches: Vec<(String, BatchRecord)>,
 }
+
+/// What a shard remembers of a request with an idempotency key: how many of its points
+/// this shard applied, and when the request arrived (for expiry).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub points: u32,
+    pub received_ms: i64,
+}
+
+/// How long idempotency keys are remembered.
+pub const BATCH_ID_RETENTION_MS: i64 = 24 * 3_600_000;
 
 pub struct ShardState {
     shard: u32,
@@ -131,6 +143,8 @@ pub struct ShardState {
     collisions: HashMap<u64, Vec<u32>>,
     /// metric → ids of its series.
     by_metric: HashMap<String, Vec<u32>>,
+    /// Idempotency keys of applied requests (see `BatchRecord`).
+    batches: HashMap<String, BatchRecord>,
 }
 
 impl ShardState {
@@ -143,6 +157,7 @@ impl ShardState {
             by_hash: HashMap::default(),
             collisions: HashMap::new(),
             by_metric: HashMap::new(),
+            batches: HashMap::new(),
         }
     }
 
@@ -152,6 +167,7 @@ impl ShardState {
         for series in snapshot.series {
             state.index_series(series);
         }
+        state.batches = snapshot.batches.into_iter().collect();
         state
     }
 
@@ -162,7 +178,16 @@ impl ShardState {
             applied_index: self.applied_index,
             layout: &self.layout,
             series: &self.series,
+            batches: self.batches.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
         }
+    }
+
+    /// The idempotency keys this shard has applied, with its share of each request's points.
+    pub fn batch_ids(&self) -> Vec<(String, u32)> {
+        self.batches
+            .iter()
+            .map(|(k, r)| (k.clone(), r.points))
+            .collect()
     }
 
     pub fn shard(&self) -> u32 {
@@ -192,11 +217,22 @@ impl ShardState {
                 rollup.add(point.timestamp_ms, point.value, seq);
             }
         }
+        if let Some(id) = &batch.batch_id {
+            self.batches.insert(
+                id.clone(),
+                BatchRecord {
+                    points: batch.points.len() as u32,
+                    received_ms: batch.received_ms,
+                },
+            );
+        }
         self.applied_index = index;
     }
 
     /// Drops raw points and cells older than each level's retention, as of `now_ms`.
     pub fn evict(&mut self, now_ms: i64) {
+        self.batches
+            .retain(|_, r| r.received_ms >= now_ms - BATCH_ID_RETENTION_MS);
         let raw_cutoff = now_ms - self.layout.raw_retention_ms;
         for series in &mut self.series {
             series.ring.evict_before(raw_cutoff);
@@ -361,6 +397,7 @@ pub struct SnapshotRef<'a> {
     pub applied_index: u64,
     pub layout: &'a Layout,
     pub series: &'a [Series],
+    pub batches: Vec<(&'a str, BatchRecord)>,
 }
 
 impl ShardQuery {
@@ -515,6 +552,7 @@ mod tests {
             shard: 0,
             received_ms: 1_000_000,
             points,
+            batch_id: None,
         }
     }
 

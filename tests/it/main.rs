@@ -11,6 +11,7 @@ mod cli;
 mod dashboards;
 mod durability;
 mod harness;
+mod idempotency;
 mod ingest_query;
 mod live;
 mod openapi;
