@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -223,30 +223,7 @@ pub struct AlertStateRow {
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {
     match cmd {
         MetaCommand::PutAlertRule { rule, base_version } => {
-            let current: Option<i64> = tx
-                .query_row(
-                    "SELECT version FROM alert_rules WHERE id = ?1",
-                    [rule.id as i64],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage("read alert rule"))?;
-            match (current.map(|v| v as u64), base_version) {
-                (None, None) => {}
-                (Some(c), Some(b)) if c == *b => {}
-                (None, Some(_)) => {
-                    return Err(MetaError::NotFound {
-                        what: "alert rule",
-                        id: rule.id.to_string(),
-                    })
-                }
-                (Some(c), b) => {
-                    return Err(MetaError::Conflict(format!(
-                        "alert rule {} is at version {c}, the change was based on {b:?}; reload it",
-                        rule.id
-                    )))
-                }
-            }
+            super::store::check_version(tx, "alert_rules", "alert rule", rule.id, *base_version)?;
             tx.execute(
                 "INSERT INTO alert_rules (id, owner_user_id, spec, created_ms, updated_ms, version)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)

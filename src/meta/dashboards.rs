@@ -96,17 +96,6 @@ fn not_found(what: &'static str, id: u64) -> MetaError {
 
 // ---- apply (called from `store::apply_in`, inside its transaction) ----
 
-fn dashboard_version(tx: &Transaction<'_>, id: u64) -> Result<Option<u64>, MetaError> {
-    tx.query_row(
-        "SELECT version FROM dashboards WHERE id = ?1",
-        [id as i64],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|v| v.map(|v| v as u64))
-    .map_err(storage("read dashboard"))
-}
-
 fn put_dashboard_row(tx: &Transaction<'_>, d: &DashboardRecord) -> Result<(), MetaError> {
     tx.execute(
         "INSERT INTO dashboards (id, name, description, owner_user_id, is_public, shared, layout, created_ms, updated_ms, version)
@@ -153,21 +142,8 @@ fn put_panel_row(tx: &Transaction<'_>, p: &PanelRecord) -> Result<(), MetaError>
     Ok(())
 }
 
-/// Checks the optimistic-concurrency precondition: `base` is the version the change was
-/// computed from (`None` for a new dashboard).
 fn check_version(tx: &Transaction<'_>, id: u64, base: Option<u64>) -> Result<(), MetaError> {
-    let current = dashboard_version(tx, id)?;
-    match (current, base) {
-        (None, None) => Ok(()),
-        (Some(c), Some(b)) if c == b => Ok(()),
-        (None, Some(_)) => Err(not_found("dashboard", id)),
-        (Some(_), None) => Err(MetaError::Conflict(format!(
-            "dashboard {id} already exists"
-        ))),
-        (Some(c), Some(b)) => Err(MetaError::Conflict(format!(
-            "dashboard {id} changed meanwhile (version {c}, the change was based on {b}); reload it"
-        ))),
-    }
+    super::store::check_version(tx, "dashboards", "dashboard", id, base)
 }
 
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {

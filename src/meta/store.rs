@@ -334,6 +334,52 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     })
 }
 
+/// The optimistic-concurrency precondition of a versioned row (`dashboards`, `alert_rules`):
+/// `base` is the version a change was computed from, `None` for a new row.
+pub(super) fn check_version(
+    tx: &Transaction<'_>,
+    table: &str,
+    what: &'static str,
+    id: u64,
+    base: Option<u64>,
+) -> Result<(), MetaError> {
+    let current: Option<i64> = tx
+        .query_row(
+            &format!("SELECT version FROM {table} WHERE id = ?1"),
+            [id as i64],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(storage("read version"))?;
+    match (current.map(|v| v as u64), base) {
+        (None, None) => Ok(()),
+        (Some(c), Some(b)) if c == b => Ok(()),
+        (None, Some(_)) => Err(MetaError::NotFound {
+            what,
+            id: id.to_string(),
+        }),
+        (Some(_), None) => Err(MetaError::Conflict(format!("{what} {id} already exists"))),
+        (Some(c), Some(b)) => Err(MetaError::Conflict(format!(
+            "{what} {id} changed meanwhile (version {c}, the change was based on {b}); reload it"
+        ))),
+    }
+}
+
+/// A user's `(role, disabled)`, or not found.
+fn user_role(tx: &Transaction<'_>, id: u64) -> Result<(String, i64), MetaError> {
+    tx.query_row(
+        "SELECT role, disabled FROM users WHERE id = ?1",
+        [id as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(storage("read user"))?
+    .ok_or(MetaError::NotFound {
+        what: "user",
+        id: id.to_string(),
+    })
+}
+
 fn enabled_admins_except(tx: &Transaction<'_>, id: u64) -> Result<i64, MetaError> {
     tx.query_row(
         "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id != ?1",
@@ -376,20 +422,7 @@ fn apply_in(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {
             role,
             disabled,
         } => {
-            let current: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT role, disabled FROM users WHERE id = ?1",
-                    [*id as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(storage("read user"))?;
-            let Some((cur_role, cur_disabled)) = current else {
-                return Err(MetaError::NotFound {
-                    what: "user",
-                    id: id.to_string(),
-                });
-            };
+            let (cur_role, cur_disabled) = user_role(tx, *id)?;
             let was_admin = cur_role == "admin" && cur_disabled == 0;
             let stays_admin = role.map_or(cur_role == "admin", |r| r == Role::Admin)
                 && !disabled.unwrap_or(cur_disabled != 0);
@@ -425,20 +458,7 @@ fn apply_in(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {
             }
         }
         MetaCommand::DeleteUser { id } => {
-            let role: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT role, disabled FROM users WHERE id = ?1",
-                    [*id as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(storage("read user"))?;
-            let Some((role, disabled)) = role else {
-                return Err(MetaError::NotFound {
-                    what: "user",
-                    id: id.to_string(),
-                });
-            };
+            let (role, disabled) = user_role(tx, *id)?;
             if role == "admin" && disabled == 0 && enabled_admins_except(tx, *id)? == 0 {
                 return Err(MetaError::LastAdmin);
             }

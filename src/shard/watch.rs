@@ -44,14 +44,6 @@ impl Watchers {
         });
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_metric.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_metric.values().map(Vec::len).sum()
-    }
-
     /// Folds `batch` into one partial per interested watch and hands each to its sink.
     /// Sequence numbers are the batch's arrival stamps, as in `ShardState::apply`.
     pub fn emit(&self, shard: u32, batch: &ShardBatch) {
