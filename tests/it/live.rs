@@ -173,7 +173,6 @@ async fn a_client_that_stops_reading_does_not_delay_the_others() {
         .collect();
     let now = now_ms();
     let mut worst = Duration::ZERO;
-    let mut updates = 0u64;
     let mut rounds = 0;
     for round in 0..60 {
         let pts: Vec<Value> = hosts
@@ -189,7 +188,6 @@ async fn a_client_that_stops_reading_does_not_delay_the_others() {
                 .await
                 .expect("reader gets updates while the other client stalls");
             if m["type"] == "update" {
-                updates += 1;
                 break;
             }
         }
@@ -205,7 +203,6 @@ async fn a_client_that_stops_reading_does_not_delay_the_others() {
         !metrics.contains("pulseboard_ws_lagged_total 0\n"),
         "the stalled client was never cut over after {rounds} rounds: {metrics}"
     );
-    assert!(updates >= rounds as u64);
     assert!(
         worst < Duration::from_secs(5),
         "ingest + update took {worst:?}"
