@@ -138,7 +138,8 @@ async fn run(state: Shared, socket: WebSocket, principal: Option<Principal>) {
                         let _ = conn.tx.try_send(Outgoing::Text(text.to_string()));
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                    // The hub is gone: the node is stopping (never poll a closed feed again).
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
             _ = conn.lagged.notify.notified() => {
