@@ -2,7 +2,6 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::Json;
@@ -34,10 +33,6 @@ fn idempotency_key(parts: &Parts) -> Result<Option<String>, Error> {
     }
 }
 
-fn split(req: Request) -> (Parts, Body) {
-    req.into_parts()
-}
-
 pub async fn ingest_json(State(state): State<Shared>, req: Request) -> ApiResult<Json<Value>> {
     let started = Instant::now();
     let result = ingest_json_inner(&state, req).await;
@@ -48,7 +43,7 @@ pub async fn ingest_json(State(state): State<Shared>, req: Request) -> ApiResult
 }
 
 async fn ingest_json_inner(state: &Shared, req: Request) -> Result<usize, ApiError> {
-    let (parts, body) = split(req);
+    let (parts, body) = req.into_parts();
     let header_token = bearer(&parts).map(str::to_owned);
     // Refuse early when the header alone already fails, before reading a large body.
     if let Some(t) = &header_token {
@@ -95,7 +90,7 @@ async fn write_lines_inner(
     req: Request,
     ignored: &mut usize,
 ) -> Result<usize, ApiError> {
-    let (mut parts, body) = split(req);
+    let (mut parts, body) = req.into_parts();
     authorize(state, bearer(&parts))?;
     let query = axum::extract::RawQuery::from_request_parts(&mut parts, state)
         .await
