@@ -1,15 +1,16 @@
 //! Pulseboard's replicated command log.
 //!
-//! Today: [`SharedLog`], the node-wide write-ahead log shared by all of the node's shards
-//! ("groups"): one stream of segment files, one writer thread, one fsync for every record
-//! written since the last (group commit across shards, the way TiKV's raft-engine serves many
-//! Raft groups). Each group has its own contiguous indices starting at 1 — the shape of a Raft
-//! log per shard, which is what this crate grows into (openraft groups, QUIC transport).
+//! [`SharedLog`] is the node-wide write-ahead log shared by all of the node's Raft groups
+//! (shards and metadata): one stream of segment files, one writer thread, one fsync for every
+//! record written since the last (group commit across groups, the way TiKV's raft-engine
+//! serves many Raft groups). [`raft::LogStore`] is openraft's log store over one group of it.
 //!
 //! Architecture invariant: this crate knows nothing of metrics. Payloads are opaque bytes.
 
 pub mod log;
+pub mod raft;
 
 pub use log::{
-    Apply, FsyncMode, LogConfig, LogError, LogStats, RecoveryReport, SharedLog, Truncation,
+    Apply, Done, FsyncMode, GroupState, LogConfig, LogError, LogStats, Op, RecoveryReport,
+    SharedLog, Truncation,
 };

@@ -22,11 +22,14 @@
 //! Once a group's state machine has snapshotted up to an index, [`SharedLog::release`] lets the
 //! writer delete closed segments whose every record is covered.
 
+mod index;
 mod recovery;
 mod segment;
 mod writer;
 
 use std::collections::HashMap;
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -136,13 +139,50 @@ struct Counters {
     errors: AtomicU64,
 }
 
+/// One change to a group's log, for a Raft log store. Indices are the caller's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Entry {
+        index: u64,
+        payload: Vec<u8>,
+    },
+    /// Forget entries at `from` and above.
+    Truncate {
+        from: u64,
+    },
+    /// Forget entries up to `upto` (a snapshot covers them); `payload` describes the last
+    /// purged entry and comes back from [`SharedLog::group`].
+    Purge {
+        upto: u64,
+        payload: Vec<u8>,
+    },
+    Vote(Vec<u8>),
+    Committed(Vec<u8>),
+}
+
+/// Called on the writer thread once a [`SharedLog::write`] is durable (or has failed).
+pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// What the log holds for one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupState {
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+    pub purged: Option<(u64, Vec<u8>)>,
+    pub vote: Option<Vec<u8>>,
+    pub committed: Option<Vec<u8>>,
+}
+
 enum Msg<T> {
     Append(Vec<(u32, Vec<u8>, T)>),
+    Write(u32, Vec<Op>, Option<Done>),
     Release(u32, u64),
     Shutdown(mpsc::Sender<Result<(), String>>),
 }
 
 pub struct SharedLog<T: Send + 'static> {
+    dir: PathBuf,
+    groups: writer::Groups,
     tx: SyncSender<Msg<T>>,
     closed: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -168,6 +208,8 @@ impl<T: Send + 'static> SharedLog<T> {
         let counters = Arc::new(Counters::default());
         let closed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let dir = config.dir.clone();
+        let groups = writer::Groups::default();
         let writer = writer::Writer::new(
             config,
             recovered,
@@ -175,6 +217,7 @@ impl<T: Send + 'static> SharedLog<T> {
             Box::new(apply),
             counters.clone(),
             closed.clone(),
+            groups.clone(),
         )?;
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
@@ -186,6 +229,8 @@ impl<T: Send + 'static> SharedLog<T> {
             })?;
         Ok((
             Self {
+                dir,
+                groups,
                 tx,
                 closed,
                 counters,
@@ -206,10 +251,10 @@ impl<T: Send + 'static> SharedLog<T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
-        if let Some((g, _, _)) = records.iter().find(|(g, _, _)| *g >= segment::UNIT_END) {
+        if let Some((g, _, _)) = records.iter().find(|(g, _, _)| *g > segment::GROUP_MASK) {
             return Err(LogError::TooLarge {
                 bytes: *g as usize,
-                max: segment::UNIT_END as usize - 1,
+                max: segment::GROUP_MASK as usize,
             });
         }
         if let Some((_, p, _)) = records.iter().find(|(_, p, _)| p.len() > MAX_PAYLOAD) {
@@ -229,6 +274,99 @@ impl<T: Send + 'static> SharedLog<T> {
                 })
             }
         }
+    }
+
+    /// Enqueues changes to one group's log, in this order, in one group-commit round; `done`
+    /// runs once they are durable. Waits while the queue is full (a Raft group has one
+    /// outstanding write at a time, so the wait is for the disk, which is the point).
+    pub fn write(&self, group: u32, ops: Vec<Op>, done: Option<Done>) -> Result<(), LogError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        if group > segment::GROUP_MASK {
+            return Err(LogError::TooLarge {
+                bytes: group as usize,
+                max: segment::GROUP_MASK as usize,
+            });
+        }
+        let too_large = ops.iter().find_map(|op| match op {
+            Op::Entry { payload, .. }
+            | Op::Purge { payload, .. }
+            | Op::Vote(payload)
+            | Op::Committed(payload) => (payload.len() > MAX_PAYLOAD).then_some(payload.len()),
+            Op::Truncate { .. } => None,
+        });
+        if let Some(bytes) = too_large {
+            return Err(LogError::TooLarge {
+                bytes,
+                max: MAX_PAYLOAD,
+            });
+        }
+        self.counters.queue_depth.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Msg::Write(group, ops, done)).map_err(|_| {
+            self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            LogError::Closed
+        })
+    }
+
+    /// What the log durably holds for `group`.
+    pub fn group(&self, group: u32) -> GroupState {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ix) = groups.get(&group) else {
+            return GroupState::default();
+        };
+        GroupState {
+            first: ix.entries.first_key_value().map(|(i, _)| *i),
+            last: ix.entries.last_key_value().map(|(i, _)| *i),
+            purged: ix.purged.clone(),
+            vote: ix.vote.clone(),
+            committed: ix.committed.clone(),
+        }
+    }
+
+    /// Reads back the durable entries of `group` in `range` (those it holds; missing ones are
+    /// skipped), in index order.
+    pub fn read(
+        &self,
+        group: u32,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let range = (
+            clone_bound(range.start_bound()),
+            clone_bound(range.end_bound()),
+        );
+        let locs: Vec<(u64, index::Loc)> = {
+            let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            match groups.get(&group) {
+                Some(ix) => ix.entries.range(range).map(|(i, l)| (*i, *l)).collect(),
+                None => Vec::new(),
+            }
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        let mut open: Option<(u64, std::fs::File)> = None;
+        for (index, loc) in locs {
+            let path = segment::path(&self.dir, loc.segment);
+            if open.as_ref().is_none_or(|(id, _)| *id != loc.segment) {
+                let f = std::fs::File::open(&path).map_err(|source| LogError::Io {
+                    op: "open for read",
+                    path: path.clone(),
+                    source,
+                })?;
+                open = Some((loc.segment, f));
+            }
+            let Some((_, f)) = open.as_ref() else {
+                continue;
+            };
+            let mut payload = vec![0; loc.len as usize];
+            f.read_exact_at(&mut payload, loc.offset)
+                .map_err(|source| LogError::Io {
+                    op: "read",
+                    path,
+                    source,
+                })?;
+            out.push((index, payload));
+        }
+        Ok(out)
     }
 
     /// The state machine of `group` has durably snapshotted everything up to `index`.
@@ -274,6 +412,14 @@ impl<T: Send + 'static> SharedLog<T> {
             path: PathBuf::new(),
             source: std::io::Error::other(reason),
         })
+    }
+}
+
+fn clone_bound(b: Bound<&u64>) -> Bound<u64> {
+    match b {
+        Bound::Included(i) => Bound::Included(*i),
+        Bound::Excluded(i) => Bound::Excluded(*i),
+        Bound::Unbounded => Bound::Unbounded,
     }
 }
 

@@ -5,7 +5,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-use super::segment;
+use super::index::{GroupIndex, Loc};
+use super::segment::{self, Kind};
 use super::{LogError, MAGIC, MAX_PAYLOAD, RECORD_HEADER};
 
 #[derive(Clone, Debug, Default)]
@@ -34,8 +35,8 @@ pub struct SegmentInfo {
 pub struct Recovered {
     pub report: RecoveryReport,
     pub segments: Vec<SegmentInfo>,
-    /// Highest index seen per group.
-    pub last_index: HashMap<u32, u64>,
+    /// Every group's entries, purge point, vote and committed position.
+    pub groups: HashMap<u32, GroupIndex>,
     /// Byte length of the last segment after any repair.
     pub last_len: u64,
 }
@@ -80,7 +81,7 @@ pub fn recover(
             ..Default::default()
         },
         segments: Vec::new(),
-        last_index: HashMap::new(),
+        groups: HashMap::new(),
         last_len: 0,
     };
     let count = files.len();
@@ -105,31 +106,34 @@ pub fn recover(
             .len();
         // Records of one append_many unit are replayed only once its closing record is seen:
         // a unit cut short by a crash is dropped whole, so a request is never half-applied.
-        let mut unit: Vec<(u32, u64, Vec<u8>)> = Vec::new();
+        let mut unit: Vec<(u32, Kind, u64, Vec<u8>, Loc)> = Vec::new();
         let mut good_len = 0u64; // end of the last complete unit
         let mut scan = scan_segment(
             BufReader::with_capacity(1 << 20, file),
             &path,
-            |group, index, payload, unit_end, end_offset| {
-                unit.push((group, index, payload.to_vec()));
+            |group, kind, index, payload, unit_end, end_offset| {
+                let loc = Loc {
+                    segment: id,
+                    offset: end_offset - payload.len() as u64,
+                    len: payload.len() as u32,
+                };
+                unit.push((group, kind, index, payload.to_vec(), loc));
                 if !unit_end {
                     return Ok(());
                 }
-                for (group, index, payload) in unit.drain(..) {
-                    if let Some(&prev) = out.last_index.get(&group) {
-                        if index != prev + 1 {
-                            return Err(LogError::Corrupt {
-                                path: path.clone(),
-                                offset: end_offset,
-                                reason: format!(
-                                    "group {group} jumps from index {prev} to {index}; a segment is missing or out of order"
-                                ),
-                            });
-                        }
-                    }
-                    out.last_index.insert(group, index);
-                    info.max_index.insert(group, index);
+                for (group, kind, index, payload, loc) in unit.drain(..) {
+                    let g = out.groups.entry(group).or_default();
+                    g.record(kind, index, &payload, loc, true)
+                        .map_err(|reason| LogError::Corrupt {
+                            path: path.clone(),
+                            offset: end_offset,
+                            reason: format!("group {group}: {reason}"),
+                        })?;
                     out.report.records += 1;
+                    if kind != Kind::Entry {
+                        continue;
+                    }
+                    info.max_index.insert(group, index);
                     if index > applied.get(&group).copied().unwrap_or(0) {
                         replay(group, index, &payload).map_err(|reason| LogError::Replay {
                             group,
@@ -207,11 +211,11 @@ fn repair(path: &Path, good_len: u64) -> Result<(), LogError> {
 }
 
 /// Reads records until a clean end or damage; `good_len` ends after the last good record.
-/// Calls `each(group, index, payload, unit_end, end_offset)` for every intact record.
+/// Calls `each(group, kind, index, payload, unit_end, end_offset)` for every intact record.
 fn scan_segment(
     mut r: impl Read,
     path: &Path,
-    mut each: impl FnMut(u32, u64, &[u8], bool, u64) -> Result<(), LogError>,
+    mut each: impl FnMut(u32, Kind, u64, &[u8], bool, u64) -> Result<(), LogError>,
 ) -> Result<Scan, LogError> {
     let mut magic = [0u8; 8];
     let got = read_full(&mut r, &mut magic, path)?;
@@ -272,13 +276,21 @@ fn scan_segment(
             });
         }
         let tagged = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
-        let group = tagged & !segment::UNIT_END;
+        let group = tagged & segment::GROUP_MASK;
+        let Some(kind) = Kind::from_bits((tagged & !segment::UNIT_END) >> segment::KIND_SHIFT)
+        else {
+            return Ok(Scan::Damaged {
+                offset,
+                reason: format!("unknown record kind in tag {tagged:#x}"),
+            });
+        };
         let mut ix = [0u8; 8];
         ix.copy_from_slice(&body[4..12]);
         let index = u64::from_le_bytes(ix);
         offset += 8 + len as u64;
         each(
             group,
+            kind,
             index,
             &body[12..],
             tagged & segment::UNIT_END != 0,

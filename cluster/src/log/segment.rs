@@ -46,17 +46,62 @@ pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
 
 /// The high bit of the group field marks the last record of an `append_many` unit.
 pub const UNIT_END: u32 = 1 << 31;
+/// Bits 28..31 of the group field hold the record's [`Kind`]; groups are below 2^28.
+pub const KIND_SHIFT: u32 = 28;
+pub const GROUP_MASK: u32 = (1 << KIND_SHIFT) - 1;
+
+/// What a record is. Everything but `Entry` is bookkeeping for a Raft log store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A log entry at `index`.
+    Entry = 0,
+    /// Entries at `index` and above are gone (a Raft follower's conflicting suffix).
+    Truncate = 1,
+    /// Entries up to `index` are gone (covered by a snapshot); the payload is the caller's
+    /// description of the last purged entry.
+    Purge = 2,
+    /// The group's vote (payload); `index` is unused.
+    Vote = 3,
+    /// The group's committed position (payload); `index` is unused.
+    Committed = 4,
+}
+
+impl Kind {
+    pub fn from_bits(bits: u32) -> Option<Kind> {
+        Some(match bits {
+            0 => Kind::Entry,
+            1 => Kind::Truncate,
+            2 => Kind::Purge,
+            3 => Kind::Vote,
+            4 => Kind::Committed,
+            _ => return None,
+        })
+    }
+}
 
 /// Appends one framed record to `buf`; `unit_end` marks the last record of its unit.
-pub fn encode_record(buf: &mut Vec<u8>, group: u32, index: u64, payload: &[u8], unit_end: bool) {
+/// Returns the offset of the payload within `buf`.
+pub fn encode_record(
+    buf: &mut Vec<u8>,
+    group: u32,
+    kind: Kind,
+    index: u64,
+    payload: &[u8],
+    unit_end: bool,
+) -> usize {
     let len = (RECORD_HEADER - 8 + payload.len()) as u32;
     let start = buf.len();
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
-    let tagged = if unit_end { group | UNIT_END } else { group };
+    let mut tagged = group | ((kind as u32) << KIND_SHIFT);
+    if unit_end {
+        tagged |= UNIT_END;
+    }
     buf.extend_from_slice(&tagged.to_le_bytes());
     buf.extend_from_slice(&index.to_le_bytes());
+    let payload_at = buf.len();
     buf.extend_from_slice(payload);
     let crc = crc32fast::hash(&buf[start + 8..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    payload_at
 }

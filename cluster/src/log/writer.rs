@@ -6,14 +6,27 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tracing::{error, info};
 
+use super::index::{GroupIndex, Loc};
 use super::recovery::{Recovered, SegmentInfo};
-use super::segment;
-use super::{Apply, Counters, FsyncMode, LogConfig, LogError, Msg, MAGIC};
+use super::segment::{self, Kind};
+use super::{Apply, Counters, Done, FsyncMode, LogConfig, LogError, Msg, Op, MAGIC};
+
+pub type Groups = Arc<Mutex<HashMap<u32, GroupIndex>>>;
+
+/// A record of the current round, to fold into the group index once durable.
+struct Written {
+    group: u32,
+    kind: Kind,
+    index: u64,
+    /// Kept for bookkeeping records only (entries are read back from disk).
+    payload: Vec<u8>,
+    loc: Loc,
+}
 
 pub struct Writer<T> {
     config: LogConfig,
@@ -27,7 +40,10 @@ pub struct Writer<T> {
     segments: Vec<SegmentInfo>,
     next_index: HashMap<u32, u64>,
     released: HashMap<u32, u64>,
+    groups: Groups,
     buf: Vec<u8>,
+    written: Vec<Written>,
+    dones: Vec<Done>,
 }
 
 impl<T: Send + 'static> Writer<T> {
@@ -38,12 +54,29 @@ impl<T: Send + 'static> Writer<T> {
         apply: Box<dyn Apply<T>>,
         counters: Arc<Counters>,
         closed: Arc<AtomicBool>,
+        groups: Groups,
     ) -> Result<Self, LogError> {
         let mut next_index: HashMap<u32, u64> = recovered
-            .last_index
+            .groups
             .iter()
-            .map(|(g, i)| (*g, i + 1))
+            .filter_map(|(g, ix)| Some((*g, ix.last_index()? + 1)))
             .collect();
+        let mut released = applied.clone();
+        for (g, ix) in &recovered.groups {
+            if let Some((p, _)) = &ix.purged {
+                let r = released.entry(*g).or_insert(0);
+                *r = (*r).max(*p);
+            }
+        }
+        {
+            let mut shared = groups.lock().unwrap_or_else(|p| p.into_inner());
+            *shared = recovered.groups;
+            for (g, r) in &released {
+                if let Some(ix) = shared.get_mut(g) {
+                    ix.forget_upto(*r);
+                }
+            }
+        }
         for (g, a) in applied {
             let n = next_index.entry(*g).or_insert(a + 1);
             *n = (*n).max(a + 1);
@@ -82,8 +115,11 @@ impl<T: Send + 'static> Writer<T> {
             len,
             segments,
             next_index,
-            released: applied.clone(),
+            released,
+            groups,
             buf: Vec::with_capacity(1 << 20),
+            written: Vec::new(),
+            dones: Vec::new(),
         };
         // Segments already covered by snapshots can go right away.
         w.delete_released();
@@ -106,16 +142,31 @@ impl<T: Send + 'static> Writer<T> {
                         self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
                         let last = records.len().saturating_sub(1);
                         for (n, (group, payload, value)) in records.into_iter().enumerate() {
-                            let index = self.next_index.entry(group).or_insert(1);
-                            segment::encode_record(
-                                &mut self.buf,
-                                group,
-                                *index,
-                                &payload,
-                                n == last,
-                            );
-                            round.push((group, *index, value));
-                            *index += 1;
+                            let index = *self.next_index.entry(group).or_insert(1);
+                            self.encode(group, Kind::Entry, index, payload, n == last);
+                            round.push((group, index, value));
+                            self.next_index.insert(group, index + 1);
+                        }
+                    }
+                    Msg::Write(group, ops, done) => {
+                        self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                        let last = ops.len().saturating_sub(1);
+                        for (n, op) in ops.into_iter().enumerate() {
+                            let (kind, index, payload) = match op {
+                                Op::Entry { index, payload } => (Kind::Entry, index, payload),
+                                Op::Truncate { from } => (Kind::Truncate, from, Vec::new()),
+                                Op::Purge { upto, payload } => {
+                                    let r = self.released.entry(group).or_insert(0);
+                                    *r = (*r).max(upto);
+                                    (Kind::Purge, upto, payload)
+                                }
+                                Op::Vote(payload) => (Kind::Vote, 0, payload),
+                                Op::Committed(payload) => (Kind::Committed, 0, payload),
+                            };
+                            self.encode(group, kind, index, payload, n == last);
+                        }
+                        if let Some(done) = done {
+                            self.dones.push(done);
                         }
                     }
                     Msg::Release(group, index) => {
@@ -132,19 +183,27 @@ impl<T: Send + 'static> Writer<T> {
                 }
                 next = rx.try_recv().ok();
             }
-            if !round.is_empty() {
-                if let Err(e) = self.commit(&round) {
+            if !self.written.is_empty() {
+                if let Err(e) = self.commit() {
                     error!(cause = %e, "write-ahead log failed; refusing further writes");
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     self.closed.store(true, Ordering::Release);
                     // Dropping the values tells every waiting request it was not stored.
                     round.clear();
+                    self.written.clear();
+                    for done in self.dones.drain(..) {
+                        done(Err(e.to_string()));
+                    }
                     self.buf.clear();
                     if let Some(ack) = pending_shutdown.take() {
                         let _ = ack.send(Err(e.to_string()));
                     }
                     self.drain_after_failure(&rx);
                     return;
+                }
+                self.publish();
+                for done in self.dones.drain(..) {
+                    done(Ok(()));
                 }
                 for (group, index, value) in round.drain(..) {
                     self.apply.apply(group, index, value);
@@ -174,6 +233,12 @@ impl<T: Send + 'static> Writer<T> {
                 Msg::Append(_) => {
                     self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 }
+                Msg::Write(_, _, done) => {
+                    self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(done) = done {
+                        done(Err("the log had failed earlier".into()));
+                    }
+                }
                 Msg::Release(..) => {}
                 Msg::Shutdown(ack) => {
                     let _ = ack.send(Err("the log had failed earlier".into()));
@@ -183,7 +248,46 @@ impl<T: Send + 'static> Writer<T> {
         }
     }
 
-    fn commit(&mut self, round: &[(u32, u64, T)]) -> Result<(), LogError> {
+    /// Frames one record into the round's buffer.
+    fn encode(&mut self, group: u32, kind: Kind, index: u64, payload: Vec<u8>, unit_end: bool) {
+        let at = segment::encode_record(&mut self.buf, group, kind, index, &payload, unit_end);
+        let loc = Loc {
+            segment: self.active_id(),
+            offset: self.len + at as u64,
+            len: payload.len() as u32,
+        };
+        let payload = if kind == Kind::Entry {
+            Vec::new()
+        } else {
+            payload
+        };
+        self.written.push(Written {
+            group,
+            kind,
+            index,
+            payload,
+            loc,
+        });
+    }
+
+    /// Folds the durable round into the shared group index, so readers find it.
+    fn publish(&mut self) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        for w in self.written.drain(..) {
+            let g = groups.entry(w.group).or_default();
+            // Unchecked: the writer trusts its callers' order; recovery checks.
+            let _ = g.record(w.kind, w.index, &w.payload, w.loc, false);
+        }
+        for (g, r) in &self.released {
+            if let Some(ix) = groups.get_mut(g) {
+                if ix.entries.first_key_value().is_some_and(|(i, _)| i <= r) {
+                    ix.forget_upto(*r);
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), LogError> {
         let path = segment::path(&self.config.dir, self.active_id());
         self.file
             .write_all(&self.buf)
@@ -217,10 +321,12 @@ impl<T: Send + 'static> Writer<T> {
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         self.counters
             .appended_records
-            .fetch_add(round.len() as u64, Ordering::Relaxed);
+            .fetch_add(self.written.len() as u64, Ordering::Relaxed);
         let active = self.segments.len() - 1;
-        for (group, index, _) in round {
-            self.segments[active].max_index.insert(*group, *index);
+        for w in &self.written {
+            if w.kind == Kind::Entry {
+                self.segments[active].max_index.insert(w.group, w.index);
+            }
         }
         self.buf.clear();
         if self.buf.capacity() > 4 * self.config.max_batch_bytes {
@@ -246,10 +352,40 @@ impl<T: Send + 'static> Writer<T> {
             id,
             max_index: HashMap::new(),
         });
+        self.checkpoint()?;
         self.delete_released();
         self.counters
             .segments
             .store(self.segments.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Repeats every group's vote, purge point and committed position at the head of a new
+    /// segment, so deleting older segments never loses them.
+    fn checkpoint(&mut self) -> Result<(), LogError> {
+        let mut records = Vec::new();
+        {
+            let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            for (g, ix) in groups.iter() {
+                if let Some(v) = &ix.vote {
+                    records.push((*g, Kind::Vote, 0, v.clone()));
+                }
+                if let Some((i, p)) = &ix.purged {
+                    records.push((*g, Kind::Purge, *i, p.clone()));
+                }
+                if let Some(c) = &ix.committed {
+                    records.push((*g, Kind::Committed, 0, c.clone()));
+                }
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        for (g, kind, index, payload) in records {
+            self.encode(g, kind, index, payload, true);
+        }
+        self.commit()?;
+        self.publish();
         Ok(())
     }
 

@@ -1,0 +1,337 @@
+//! An openraft log store for one group of the node's [`SharedLog`].
+//!
+//! Entries are encoded with `protocol::codec` and appended with the group's own indices, so
+//! every group on the node shares one group commit. Recent entries stay decoded in memory
+//! (appended ones until durable, then up to [`CACHE_BYTES`]); older ones are read back from the
+//! segment files, which only a lagging follower's replication asks for.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig,
+    StorageError, Vote,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::log::{Op, SharedLog};
+
+/// Bytes of durable entries a group keeps decoded for replication.
+pub const CACHE_BYTES: usize = 8 << 20;
+
+struct Cache<E> {
+    /// Entries not yet durable, and the most recent durable ones.
+    entries: BTreeMap<u64, (E, usize)>,
+    bytes: usize,
+    /// Highest index known durable.
+    durable: Option<u64>,
+    /// Highest index in the log (after truncations), durable or not.
+    last: Option<u64>,
+}
+
+impl<E> Cache<E> {
+    fn trim(&mut self) {
+        while self.bytes > CACHE_BYTES {
+            let Some((&first, _)) = self.entries.first_key_value() else {
+                break;
+            };
+            if self.durable.is_none_or(|d| first > d) {
+                break;
+            }
+            if let Some((_, size)) = self.entries.remove(&first) {
+                self.bytes -= size;
+            }
+        }
+    }
+}
+
+/// One group's Raft log. Cloning gives a reader over the same log.
+pub struct LogStore<C: RaftTypeConfig, T: Send + 'static> {
+    group: u32,
+    log: Arc<SharedLog<T>>,
+    cache: Arc<Mutex<Cache<C::Entry>>>,
+}
+
+impl<C: RaftTypeConfig, T: Send + 'static> Clone for LogStore<C, T> {
+    fn clone(&self) -> Self {
+        Self {
+            group: self.group,
+            log: self.log.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+fn err<C: RaftTypeConfig>(
+    subject: ErrorSubject<C::NodeId>,
+    verb: ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError<C::NodeId> {
+    StorageError::from_io_error(subject, verb, io::Error::other(e.to_string()))
+}
+
+impl<C, T> LogStore<C, T>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned + Clone,
+    T: Send + 'static,
+{
+    pub fn new(log: Arc<SharedLog<T>>, group: u32) -> Self {
+        let last = log.group(group).last;
+        Self {
+            group,
+            log,
+            cache: Arc::new(Mutex::new(Cache {
+                entries: BTreeMap::new(),
+                bytes: 0,
+                durable: last,
+                last,
+            })),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache<C::Entry>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `ops` and waits until they are durable.
+    async fn write_durably(&self, ops: Vec<Op>) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.log
+            .write(
+                self.group,
+                ops,
+                Some(Box::new(move |r| {
+                    let _ = tx.send(r);
+                })),
+            )
+            .map_err(|e| e.to_string())?;
+        rx.await.map_err(|_| "the log stopped".to_string())?
+    }
+
+    fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<C::Entry>, String> {
+        let (disk_end, cached): (Option<u64>, Vec<C::Entry>) = {
+            let c = self.cache();
+            let Some(last) = c.last else {
+                return Ok(Vec::new());
+            };
+            let end = end.map_or(last + 1, |e| e.min(last + 1));
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            let first_cached = c.entries.first_key_value().map(|(i, _)| *i);
+            let disk_end = first_cached.unwrap_or(end).min(end);
+            let cached = c
+                .entries
+                .range(start.max(disk_end)..end)
+                .map(|(_, (e, _))| e.clone())
+                .collect();
+            ((start < disk_end).then_some(disk_end), cached)
+        };
+        let mut out = Vec::new();
+        if let Some(disk_end) = disk_end {
+            for (index, bytes) in self
+                .log
+                .read(self.group, start..disk_end)
+                .map_err(|e| e.to_string())?
+            {
+                let entry: C::Entry = protocol::codec::decode(&bytes)
+                    .map_err(|e| format!("entry {index} of group {}: {e}", self.group))?;
+                out.push(entry);
+            }
+        }
+        out.extend(cached);
+        Ok(out)
+    }
+}
+
+impl<C, T> RaftLogReader<C> for LogStore<C, T>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned + Clone,
+    T: Send + 'static,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        self.read_entries(start, end)
+            .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl<C, T> RaftLogStorage<C> for LogStore<C, T>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned + Clone,
+    T: Send + 'static,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let state = self.log.group(self.group);
+        let last_purged_log_id: Option<LogId<C::NodeId>> = match &state.purged {
+            Some((_, bytes)) => Some(
+                protocol::codec::decode(bytes)
+                    .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?,
+            ),
+            None => None,
+        };
+        let last = self.cache().last;
+        let last_log_id = match last {
+            Some(i) if last_purged_log_id.as_ref().is_none_or(|p| p.index < i) => self
+                .read_entries(i, Some(i + 1))
+                .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?
+                .pop()
+                .map(|e| e.get_log_id().clone()),
+            _ => None,
+        };
+        Ok(LogState {
+            last_log_id: last_log_id.or(last_purged_log_id.clone()),
+            last_purged_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let bytes = protocol::codec::encode(vote)
+            .map_err(|e| err::<C>(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.write_durably(vec![Op::Vote(bytes)])
+            .await
+            .map_err(|e| err::<C>(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        match self.log.group(self.group).vote {
+            Some(bytes) => protocol::codec::decode(&bytes)
+                .map(Some)
+                .map_err(|e| err::<C>(ErrorSubject::Vote, ErrorVerb::Read, e)),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        // Not awaited: losing the last one in a crash only delays re-applying until the next
+        // commit, which openraft tolerates.
+        let bytes = protocol::codec::encode(&committed)
+            .map_err(|e| err::<C>(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.log
+            .write(self.group, vec![Op::Committed(bytes)], None)
+            .map_err(|e| err::<C>(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        match self.log.group(self.group).committed {
+            Some(bytes) => protocol::codec::decode(&bytes)
+                .map_err(|e| err::<C>(ErrorSubject::Store, ErrorVerb::Read, e)),
+            None => Ok(None),
+        }
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut ops = Vec::new();
+        let mut newest = None;
+        {
+            let mut c = self.cache();
+            for entry in entries {
+                let index = entry.get_log_id().index;
+                let payload = protocol::codec::encode(&entry)
+                    .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                let size = payload.len();
+                ops.push(Op::Entry { index, payload });
+                if let Some((_, old)) = c.entries.insert(index, (entry, size)) {
+                    c.bytes -= old;
+                }
+                c.bytes += size;
+                c.last = Some(index);
+                newest = Some(index);
+            }
+        }
+        let Some(newest) = newest else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let cache = self.cache.clone();
+        self.log
+            .write(
+                self.group,
+                ops,
+                Some(Box::new(move |r| {
+                    if r.is_ok() {
+                        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+                        c.durable = Some(c.durable.map_or(newest, |d| d.max(newest)));
+                        c.trim();
+                    }
+                    callback.log_io_completed(r.map_err(io::Error::other));
+                })),
+            )
+            .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        {
+            let mut c = self.cache();
+            let removed = c.entries.split_off(&log_id.index);
+            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
+            c.last = log_id.index.checked_sub(1);
+            if c.durable.is_some_and(|d| d >= log_id.index) {
+                c.durable = c.last;
+            }
+        }
+        self.write_durably(vec![Op::Truncate { from: log_id.index }])
+            .await
+            .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        {
+            let mut c = self.cache();
+            let keep = c.entries.split_off(&(log_id.index + 1));
+            let removed = std::mem::replace(&mut c.entries, keep);
+            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
+            if c.last.is_none_or(|l| l < log_id.index) {
+                c.last = Some(log_id.index);
+                c.durable = Some(log_id.index);
+            }
+        }
+        let payload = protocol::codec::encode(&log_id)
+            .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.write_durably(vec![Op::Purge {
+            upto: log_id.index,
+            payload,
+        }])
+        .await
+        .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}

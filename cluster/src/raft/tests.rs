@@ -1,0 +1,238 @@
+//! openraft's storage test suite against [`LogStore`], plus the log store's own edge cases.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::RaftLogReader;
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::LogStore;
+use crate::log::{Apply, LogConfig, SharedLog};
+
+openraft::declare_raft_types!(
+    pub TestConfig:
+        D = u64,
+        R = u64,
+);
+
+type NodeId = u64;
+
+struct Nothing;
+impl Apply<()> for Nothing {
+    fn apply(&mut self, _: u32, _: u64, _: ()) {}
+}
+
+fn open_log(dir: &std::path::Path) -> Arc<SharedLog<()>> {
+    let cfg = LogConfig {
+        segment_bytes: 4096,
+        ..LogConfig::new(dir)
+    };
+    let (log, _) = SharedLog::open(cfg, &HashMap::new(), |_, _, _| Ok(()), Nothing).expect("open");
+    Arc::new(log)
+}
+
+/// A state machine that sums the values applied: enough for the suite's apply and snapshot
+/// checks.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Sum {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    total: u64,
+}
+
+type Stored = Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>;
+
+/// The builder shares `snapshot` with its machine, so a built snapshot becomes the current one.
+#[derive(Default)]
+struct SumMachine {
+    state: Sum,
+    snapshot: Arc<std::sync::Mutex<Stored>>,
+}
+
+impl RaftSnapshotBuilder<TestConfig> for SumMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, StorageError<NodeId>> {
+        let bytes = protocol::codec::encode(&self.state).expect("encode");
+        let meta = SnapshotMeta {
+            last_log_id: self.state.last_applied,
+            last_membership: self.state.membership.clone(),
+            snapshot_id: format!("{:?}", self.state.last_applied),
+        };
+        *self.snapshot.lock().expect("lock") = Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TestConfig> for SumMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        StorageError<NodeId>,
+    > {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<u64>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TestConfig>> + Send,
+    {
+        let mut out = Vec::new();
+        for e in entries {
+            self.state.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(v) => self.state.total += v,
+                EntryPayload::Membership(m) => {
+                    self.state.membership = StoredMembership::new(Some(e.log_id), m)
+                }
+            }
+            out.push(self.state.total);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self {
+        SumMachine {
+            state: self.state.clone(),
+            snapshot: self.snapshot.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        self.state = protocol::codec::decode(&bytes).expect("decode");
+        *self.snapshot.lock().expect("lock") = Some((meta.clone(), bytes));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TestConfig>>, StorageError<NodeId>> {
+        let stored = self.snapshot.lock().expect("lock").clone();
+        Ok(stored.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+struct Builder;
+
+impl StoreBuilder<TestConfig, LogStore<TestConfig, ()>, SumMachine, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore<TestConfig, ()>, SumMachine), StorageError<NodeId>>
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open_log(dir.path());
+        Ok((dir, LogStore::new(log, 7), SumMachine::default()))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft's storage suite");
+}
+
+fn entry(term: u64, index: u64, v: u64) -> openraft::Entry<TestConfig> {
+    openraft::Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 0), index),
+        payload: EntryPayload::Normal(v),
+    }
+}
+
+async fn append(store: &mut LogStore<TestConfig, ()>, entries: Vec<openraft::Entry<TestConfig>>) {
+    use openraft::storage::RaftLogStorageExt;
+    store.blocking_append(entries).await.expect("append");
+}
+
+/// Entries, truncation, purge, vote and committed position survive a reopen, including after
+/// segments rolled and the oldest were deleted; old entries are read back from disk.
+#[tokio::test]
+async fn reopen_keeps_entries_vote_purge_and_truncation() {
+    use openraft::{CommittedLeaderId, Vote};
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = open_log(dir.path());
+        let mut a = LogStore::<TestConfig, ()>::new(log.clone(), 1);
+        let mut b = LogStore::<TestConfig, ()>::new(log.clone(), 2);
+        a.save_vote(&Vote::new(3, 9)).await.expect("vote");
+        // Enough entries to roll many 4 KiB segments.
+        append(&mut a, (1..=400).map(|i| entry(1, i, i)).collect()).await;
+        append(&mut b, (1..=10).map(|i| entry(1, i, 100 + i)).collect()).await;
+        // A follower's conflicting suffix replaced by a new leader's entries.
+        a.truncate(LogId::new(CommittedLeaderId::new(1, 0), 391))
+            .await
+            .expect("truncate");
+        append(&mut a, (391..=395).map(|i| entry(2, i, 1000 + i)).collect()).await;
+        a.purge(LogId::new(CommittedLeaderId::new(1, 0), 300))
+            .await
+            .expect("purge");
+        b.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 0), 10)))
+            .await
+            .expect("committed");
+        // More writes roll segments, and the purge lets the oldest go.
+        append(&mut b, (11..=300).map(|i| entry(1, i, i)).collect()).await;
+        let segments = std::fs::read_dir(dir.path()).expect("ls").count();
+        assert!(
+            segments < 30,
+            "released segments are deleted ({segments} left)"
+        );
+    }
+    let log = open_log(dir.path());
+    let mut a = LogStore::<TestConfig, ()>::new(log.clone(), 1);
+    let mut b = LogStore::<TestConfig, ()>::new(log.clone(), 2);
+    assert_eq!(a.read_vote().await.expect("vote"), Some(Vote::new(3, 9)));
+    let state = a.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(300));
+    assert_eq!(
+        state.last_log_id,
+        Some(LogId::new(CommittedLeaderId::new(2, 0), 395))
+    );
+    let got: BTreeMap<u64, u64> = a
+        .try_get_log_entries(301..)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| match e.payload {
+            EntryPayload::Normal(v) => (e.log_id.index, v),
+            _ => panic!("unexpected payload"),
+        })
+        .collect();
+    assert_eq!(got.len(), 95);
+    assert_eq!(got[&390], 390);
+    assert_eq!(got[&391], 1391);
+    assert_eq!(
+        b.read_committed()
+            .await
+            .expect("committed")
+            .map(|l| l.index),
+        Some(10)
+    );
+    assert_eq!(b.try_get_log_entries(..).await.expect("read").len(), 300);
+}
