@@ -9,6 +9,7 @@
 
 pub mod log;
 pub mod raft;
+pub mod transport;
 
 pub use log::{
     Apply, Done, FsyncMode, GroupState, LogConfig, LogError, LogStats, Op, RecoveryReport,

@@ -5,12 +5,14 @@
 //! - `line`: the InfluxDB line protocol (`POST /api/v1/write`).
 //! - `batch`: [`ShardBatch`], one shard's share of a request: the unit of the log.
 //! - `codec`: the one binary encoding (bincode 2, behind this module only).
+//! - `cluster`: node-to-node frames (handshake, requests, responses) carried over QUIC.
 //! - `time`: timestamps, durations and relative times (`now-15m`).
 //!
 //! Nothing here knows tokio, sockets or files: the crate is pure, so every parser can be
 //! tested and fuzzed in isolation.
 
 pub mod batch;
+pub mod cluster;
 pub mod codec;
 pub mod json;
 pub mod line;

@@ -1,0 +1,500 @@
+//! The node's one QUIC endpoint: it serves other nodes' requests and calls theirs.
+//!
+//! TLS 1.3 always, with a certificate the node generates at start. Nodes do not trust each
+//! other's certificates; they trust the cluster secret: the handshake on each connection's
+//! first stream proves both ends know it, bound to that TLS session (see `protocol::cluster`).
+//!
+//! One request = one bidirectional stream ([`Request`] out, [`Response`] back). A peer allows
+//! [`MAX_STREAMS`] open streams per connection, so a slow peer pushes back on its callers
+//! instead of queueing without bound; every call has a timeout; a failed connection is dropped
+//! and the next call reconnects.
+
+mod tls;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::cluster::{Channel, Hello, Request, Response, Welcome, MAX_FRAME, VERSION};
+use protocol::codec;
+use tracing::{debug, info, warn};
+
+/// Open streams a peer may have on one connection.
+pub const MAX_STREAMS: u32 = 512;
+/// The handshake's own frames are small.
+const HELLO_MAX: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub listen: SocketAddr,
+    pub node_id: u64,
+    pub secret: Vec<u8>,
+    /// How long a call may take, connection and handshake included.
+    pub request_timeout: Duration,
+    /// A connection with no traffic (keep-alives included) for this long is dead.
+    pub idle_timeout: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(listen: SocketAddr, node_id: u64, secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            listen,
+            node_id,
+            secret: secret.into(),
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cluster transport: {0}")]
+    Setup(String),
+    #[error("cannot reach {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("{addr} refused the handshake: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("talking to {addr}: {reason}")]
+    Stream { addr: SocketAddr, reason: String },
+    #[error("{addr} answered: {message}")]
+    Remote {
+        addr: SocketAddr,
+        message: String,
+        retry: bool,
+    },
+}
+
+impl TransportError {
+    /// Whether trying again (after a pause, or at another node) may work.
+    pub fn retryable(&self) -> bool {
+        match self {
+            TransportError::Setup(_) | TransportError::Refused { .. } => false,
+            TransportError::Remote { retry, .. } => *retry,
+            _ => true,
+        }
+    }
+}
+
+pub type Reply = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// What a node does with other nodes' requests (everything but `Ping`).
+pub trait Service: Send + Sync + 'static {
+    /// `from` is the caller's node id, proven by the handshake.
+    fn serve(&self, from: u64, request: Request) -> Reply;
+}
+
+struct Conn {
+    conn: quinn::Connection,
+    node_id: u64,
+}
+
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    config: TransportConfig,
+    /// One connection per peer address; the async lock serializes (re)connecting to a peer.
+    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Conn>>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Transport {
+    /// Binds the endpoint and starts serving `service`.
+    pub fn start(
+        config: TransportConfig,
+        service: Arc<dyn Service>,
+    ) -> Result<Self, TransportError> {
+        if config.secret.len() < 16 {
+            return Err(TransportError::Setup(
+                "the cluster secret must be at least 16 bytes".into(),
+            ));
+        }
+        let (server, client) = tls::configs(config.idle_timeout)?;
+        let mut endpoint = quinn::Endpoint::server(server, config.listen).map_err(|e| {
+            TransportError::Setup(format!("cannot bind QUIC {}: {e}", config.listen))
+        })?;
+        endpoint.set_default_client_config(client);
+        let accept = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            config.node_id,
+            Arc::new(config.secret.clone()),
+            service,
+        ));
+        Ok(Self {
+            endpoint,
+            config,
+            peers: Mutex::new(HashMap::new()),
+            accept,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap_or(self.config.listen)
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// Sends `request` to the node at `addr` and returns its answer's body.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+    ) -> Result<Vec<u8>, TransportError> {
+        let timeout = self.config.request_timeout;
+        match tokio::time::timeout(timeout, self.call_inner(addr, request)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout { addr, timeout }),
+        }
+    }
+
+    /// Asks `addr` for its node id (and proves the secret both ways).
+    pub async fn ping(&self, addr: SocketAddr) -> Result<u64, TransportError> {
+        let body = self
+            .call(
+                addr,
+                &Request {
+                    channel: Channel::Ping,
+                    group: 0,
+                    body: Vec::new(),
+                },
+            )
+            .await?;
+        codec::decode(&body).map_err(|e| TransportError::Stream {
+            addr,
+            reason: format!("bad ping answer: {e}"),
+        })
+    }
+
+    async fn call_inner(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+    ) -> Result<Vec<u8>, TransportError> {
+        let bytes = codec::encode(request).map_err(|e| TransportError::Stream {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let conn = self.connection(addr).await?;
+        let result = exchange(&conn, &bytes, MAX_FRAME).await;
+        let bytes = match result {
+            Ok(b) => b,
+            Err(reason) => {
+                // The connection may be dead: forget it so the next call reconnects.
+                self.forget(addr, &conn);
+                return Err(TransportError::Stream { addr, reason });
+            }
+        };
+        match codec::decode::<Response>(&bytes) {
+            Ok(Response::Ok(body)) => Ok(body),
+            Ok(Response::Err { message, retry }) => Err(TransportError::Remote {
+                addr,
+                message,
+                retry,
+            }),
+            Err(e) => Err(TransportError::Stream {
+                addr,
+                reason: format!("bad answer: {e}"),
+            }),
+        }
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Option<Conn>>> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.entry(addr).or_default().clone()
+    }
+
+    fn forget(&self, addr: SocketAddr, dead: &quinn::Connection) {
+        let slot = self.slot(addr);
+        if let Ok(mut guard) = slot.try_lock() {
+            if guard
+                .as_ref()
+                .is_some_and(|c| c.conn.stable_id() == dead.stable_id())
+            {
+                *guard = None;
+            }
+        };
+    }
+
+    /// The live, authenticated connection to `addr`, made if needed.
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        let slot = self.slot(addr);
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.conn.close_reason().is_none() {
+                return Ok(c.conn.clone());
+            }
+        }
+        *guard = None;
+        let connecting =
+            self.endpoint
+                .connect(addr, tls::SERVER_NAME)
+                .map_err(|e| TransportError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        let conn = connecting.await.map_err(|e| TransportError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let node_id = client_handshake(&conn, self.config.node_id, &self.config.secret)
+            .await
+            .map_err(|e| match e {
+                Handshake::Refused(reason) => TransportError::Refused { addr, reason },
+                Handshake::Failed(reason) => TransportError::Stream { addr, reason },
+            })?;
+        debug!(%addr, peer = node_id, "connected");
+        *guard = Some(Conn {
+            conn: conn.clone(),
+            node_id,
+        });
+        Ok(conn)
+    }
+
+    /// The node id of the peer at `addr`, if connected.
+    pub fn peer_id(&self, addr: SocketAddr) -> Option<u64> {
+        let slot = self.slot(addr);
+        let id = slot.try_lock().ok()?.as_ref().map(|c| c.node_id);
+        id
+    }
+
+    pub async fn shutdown(&self) {
+        self.accept.abort();
+        self.endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// One request/response on a new stream.
+async fn exchange(
+    conn: &quinn::Connection,
+    request: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(request).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    recv.read_to_end(limit).await.map_err(|e| e.to_string())
+}
+
+enum Handshake {
+    Refused(String),
+    Failed(String),
+}
+
+fn exported(conn: &quinn::Connection) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, protocol::cluster::EXPORTER_LABEL, b"")
+        .map_err(|_| "TLS keying material export failed".to_string())?;
+    Ok(out)
+}
+
+fn proof(secret: &[u8], role: &[u8], node_id: u64, exported: &[u8; 32]) -> ring::hmac::Tag {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(role);
+    ctx.update(&node_id.to_le_bytes());
+    ctx.update(exported);
+    ctx.sign()
+}
+
+fn verify(secret: &[u8], role: &[u8], node_id: u64, exported: &[u8; 32], got: &[u8; 32]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut msg = Vec::with_capacity(role.len() + 8 + 32);
+    msg.extend_from_slice(role);
+    msg.extend_from_slice(&node_id.to_le_bytes());
+    msg.extend_from_slice(exported);
+    ring::hmac::verify(&key, &msg, got).is_ok()
+}
+
+fn tag32(tag: ring::hmac::Tag) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&tag.as_ref()[..32]);
+    out
+}
+
+async fn client_handshake(
+    conn: &quinn::Connection,
+    node_id: u64,
+    secret: &[u8],
+) -> Result<u64, Handshake> {
+    let ekm = exported(conn).map_err(Handshake::Failed)?;
+    let hello = Hello {
+        version: VERSION,
+        node_id,
+        proof: tag32(proof(secret, b"client", node_id, &ekm)),
+    };
+    let bytes = codec::encode(&hello).map_err(|e| Handshake::Failed(e.to_string()))?;
+    let answer = exchange(conn, &bytes, HELLO_MAX)
+        .await
+        .map_err(Handshake::Failed)?;
+    match codec::decode::<Welcome>(&answer) {
+        Ok(Welcome::Accepted {
+            node_id: peer,
+            proof,
+        }) => {
+            if verify(secret, b"server", peer, &ekm, &proof) {
+                Ok(peer)
+            } else {
+                conn.close(1u32.into(), b"bad proof");
+                Err(Handshake::Refused(
+                    "its proof of the cluster secret is wrong (a different cluster?)".into(),
+                ))
+            }
+        }
+        Ok(Welcome::Refused { reason }) => Err(Handshake::Refused(reason)),
+        Err(e) => Err(Handshake::Failed(format!("bad handshake answer: {e}"))),
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    node_id: u64,
+    secret: Arc<Vec<u8>>,
+    service: Arc<dyn Service>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let secret = secret.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(%remote, cause = %e, "incoming connection failed");
+                    return;
+                }
+            };
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                server_handshake(&conn, node_id, &secret),
+            )
+            .await
+            {
+                Ok(Ok(peer)) => serve_connection(conn, peer, node_id, service).await,
+                Ok(Err(reason)) => {
+                    warn!(%remote, %reason, "refused a node-to-node connection");
+                    // Give the refusal a moment to reach the caller before closing.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    conn.close(1u32.into(), b"refused");
+                }
+                Err(_) => {
+                    warn!(%remote, "no handshake within 5 s");
+                    conn.close(1u32.into(), b"handshake timeout");
+                }
+            }
+        });
+    }
+}
+
+async fn server_handshake(
+    conn: &quinn::Connection,
+    node_id: u64,
+    secret: &[u8],
+) -> Result<u64, String> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let bytes = recv
+        .read_to_end(HELLO_MAX)
+        .await
+        .map_err(|e| format!("reading hello: {e}"))?;
+    let ekm = exported(conn)?;
+    let (answer, outcome) = match codec::decode::<Hello>(&bytes) {
+        Err(e) => {
+            let reason = format!("malformed hello: {e}");
+            (
+                Welcome::Refused {
+                    reason: reason.clone(),
+                },
+                Err(reason),
+            )
+        }
+        Ok(h) if h.version != VERSION => {
+            let reason = format!("protocol version {} is not {VERSION}", h.version);
+            (
+                Welcome::Refused {
+                    reason: reason.clone(),
+                },
+                Err(reason),
+            )
+        }
+        Ok(h) if !verify(secret, b"client", h.node_id, &ekm, &h.proof) => {
+            let reason = "wrong cluster secret".to_string();
+            (
+                Welcome::Refused {
+                    reason: reason.clone(),
+                },
+                Err(reason),
+            )
+        }
+        Ok(h) => (
+            Welcome::Accepted {
+                node_id,
+                proof: tag32(proof(secret, b"server", node_id, &ekm)),
+            },
+            Ok(h.node_id),
+        ),
+    };
+    let bytes = codec::encode(&answer).map_err(|e| e.to_string())?;
+    send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    outcome
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    peer: u64,
+    node_id: u64,
+    service: Arc<dyn Service>,
+) {
+    info!(remote = %conn.remote_address(), peer, "node connected");
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer, cause = %e, "node connection ended");
+                return;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let response = match recv.read_to_end(MAX_FRAME).await {
+                Err(e) => Response::Err {
+                    message: format!("request not read: {e}"),
+                    retry: true,
+                },
+                Ok(bytes) => match codec::decode::<Request>(&bytes) {
+                    Err(e) => Response::Err {
+                        message: format!("malformed request: {e}"),
+                        retry: false,
+                    },
+                    Ok(r) if r.channel == Channel::Ping => match codec::encode(&node_id) {
+                        Ok(b) => Response::Ok(b),
+                        Err(e) => Response::Err {
+                            message: e.to_string(),
+                            retry: false,
+                        },
+                    },
+                    Ok(r) => service.serve(peer, r).await,
+                },
+            };
+            if let Ok(bytes) = codec::encode(&response) {
+                let _ = send.write_all(&bytes).await;
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! TLS for the cluster endpoint: a certificate generated at start, and a client that accepts
+//! any certificate (peers authenticate with the cluster secret, bound to the session).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::{TransportError, MAX_STREAMS};
+
+/// The name clients ask for; certificates carry it.
+pub const SERVER_NAME: &str = "pulseboard-node";
+
+fn setup(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Setup(e.to_string())
+}
+
+fn transport(idle: Duration) -> Result<Arc<quinn::TransportConfig>, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(Some(idle / 4))
+        .max_idle_timeout(Some(idle.try_into().map_err(setup)?))
+        .initial_mtu(1400);
+    Ok(Arc::new(t))
+}
+
+pub fn configs(
+    idle: Duration,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified =
+        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).map_err(setup)?;
+    let cert = CertificateDer::from(certified.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(setup)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(setup)?;
+    server.alpn_protocols = vec![protocol::cluster::ALPN.to_vec()];
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(setup)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_config.transport_config(transport(idle)?);
+
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(setup)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SecretAuthenticated(provider)))
+        .with_no_client_auth();
+    client.alpn_protocols = vec![protocol::cluster::ALPN.to_vec()];
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(setup)?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client_config.transport_config(transport(idle)?);
+    Ok((server_config, client_config))
+}
+
+/// Accepts any certificate but still checks the handshake signature, so the session key
+/// belongs to whoever holds the certificate's key; who that is, the secret handshake proves.
+#[derive(Debug)]
+struct SecretAuthenticated(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for SecretAuthenticated {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "TLS 1.2 is not used between nodes".into(),
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,107 @@
+//! Node-to-node frames (QUIC, ALPN [`ALPN`]).
+//!
+//! Every exchange is one bidirectional QUIC stream carrying one [`Request`] from the caller,
+//! then one [`Response`] back; each is the `codec` encoding of the value, and the stream's end
+//! ends the frame (no length prefix; readers cap a frame at [`MAX_FRAME`] bytes).
+//!
+//! A connection's first stream is the handshake: the caller sends [`Hello`], the callee
+//! answers [`Welcome`]. Both prove they know the cluster secret with an HMAC-SHA256 over the
+//! TLS session's exported keying material (label [`EXPORTER_LABEL`]), so a proof cannot be
+//! replayed on another connection and a man in the middle (who has two TLS sessions) cannot
+//! forward it. Streams before a successful handshake are refused.
+//!
+//! `body` bytes are themselves `codec` encodings of the channel's own types (openraft's RPCs
+//! for the Raft channels; Pulseboard's for ingest and queries); the frame does not look inside.
+
+use serde::{Deserialize, Serialize};
+
+pub const ALPN: &[u8] = b"pulseboard-cluster/1";
+/// The version a caller speaks; a callee refuses any other with [`Welcome::Refused`].
+pub const VERSION: u16 = 1;
+/// The label of the TLS keying-material export the handshake proofs cover.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-pulseboard-cluster-auth";
+/// The largest frame a node reads (a Raft snapshot chunk or an ingest batch fits easily).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// The caller's half of the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u16,
+    /// The caller's node id, or 0 for a node that has none yet (joining).
+    pub node_id: u64,
+    /// HMAC-SHA256(secret, "client" ‖ node_id (LE) ‖ exported keying material).
+    pub proof: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Welcome {
+    /// HMAC-SHA256(secret, "server" ‖ node_id (LE) ‖ exported keying material).
+    Accepted {
+        node_id: u64,
+        proof: [u8; 32],
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Which service a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Channel {
+    RaftAppend,
+    RaftVote,
+    RaftSnapshot,
+    /// A node's request to the metadata group (join, forwarded metadata writes).
+    Meta,
+    /// An ingest batch forwarded to a shard's leader.
+    Ingest,
+    /// A query fragment for the shards a node leads.
+    Query,
+    /// Liveness and identity; answered by the transport itself.
+    Ping,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub channel: Channel,
+    /// The Raft group (shard number, or the metadata group) the request is for.
+    pub group: u32,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok(Vec<u8>),
+    /// The callee could not serve the request; `retry` says whether another try (perhaps at
+    /// another node) may succeed.
+    Err {
+        message: String,
+        retry: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn frames_round_trip_and_garbage_is_an_error() {
+        let r = Request {
+            channel: Channel::RaftAppend,
+            group: 3,
+            body: vec![1, 2, 3],
+        };
+        let bytes = codec::encode(&r).expect("encode");
+        assert_eq!(codec::decode::<Request>(&bytes).expect("decode"), r);
+        assert!(codec::decode::<Request>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(codec::decode::<Request>(&[0xff; 16]).is_err());
+        let w = Welcome::Refused {
+            reason: "wrong secret".into(),
+        };
+        assert_eq!(
+            codec::decode::<Welcome>(&codec::encode(&w).expect("encode")).expect("decode"),
+            w
+        );
+    }
+}
