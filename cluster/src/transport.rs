@@ -146,7 +146,17 @@ impl Transport {
         addr: SocketAddr,
         request: &Request,
     ) -> Result<Vec<u8>, TransportError> {
-        let timeout = self.config.request_timeout;
+        self.call_within(addr, request, self.config.request_timeout)
+            .await
+    }
+
+    /// Like [`Transport::call`], with its own timeout.
+    pub async fn call_within(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
         match tokio::time::timeout(timeout, self.call_inner(addr, request)).await {
             Ok(r) => r,
             Err(_) => Err(TransportError::Timeout { addr, timeout }),

@@ -13,13 +13,14 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::LogStore;
+use super::{LogStore, Member};
 use crate::log::{Apply, LogConfig, SharedLog};
 
 openraft::declare_raft_types!(
     pub TestConfig:
         D = u64,
         R = u64,
+        Node = Member,
 );
 
 type NodeId = u64;
@@ -29,7 +30,7 @@ impl Apply<()> for Nothing {
     fn apply(&mut self, _: u32, _: u64, _: ()) {}
 }
 
-fn open_log(dir: &std::path::Path) -> Arc<SharedLog<()>> {
+pub(super) fn open_log(dir: &std::path::Path) -> Arc<SharedLog<()>> {
     let cfg = LogConfig {
         segment_bytes: 4096,
         ..LogConfig::new(dir)
@@ -38,31 +39,50 @@ fn open_log(dir: &std::path::Path) -> Arc<SharedLog<()>> {
     Arc::new(log)
 }
 
-/// A state machine that sums the values applied: enough for the suite's apply and snapshot
-/// checks.
+/// A state machine that records the values applied, in order.
 #[derive(Clone, Default, Serialize, Deserialize)]
-struct Sum {
+pub(super) struct Sum {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, openraft::BasicNode>,
-    total: u64,
+    membership: StoredMembership<NodeId, Member>,
+    pub(super) values: Vec<u64>,
 }
 
-type Stored = Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>;
+pub(super) type Stored = Option<(SnapshotMeta<NodeId, Member>, Vec<u8>)>;
 
-/// The builder shares `snapshot` with its machine, so a built snapshot becomes the current one.
+/// The builder shares `snapshot` with its machine, so a built snapshot becomes the current one;
+/// `state` is shared with the test that made the machine.
 #[derive(Default)]
-struct SumMachine {
-    state: Sum,
-    snapshot: Arc<std::sync::Mutex<Stored>>,
+pub(super) struct SumMachine {
+    pub(super) state: Arc<std::sync::Mutex<Sum>>,
+    pub(super) snapshot: Arc<std::sync::Mutex<Stored>>,
+}
+
+impl SumMachine {
+    /// A machine restarted from its last snapshot (what a real one reads from disk).
+    pub(super) fn restart(snapshot: Arc<std::sync::Mutex<Stored>>) -> Self {
+        let state = match &*snapshot.lock().expect("snapshot") {
+            Some((_, bytes)) => protocol::codec::decode(bytes).expect("decode"),
+            None => Sum::default(),
+        };
+        Self {
+            state: Arc::new(std::sync::Mutex::new(state)),
+            snapshot,
+        }
+    }
+
+    fn sum(&self) -> std::sync::MutexGuard<'_, Sum> {
+        self.state.lock().expect("state")
+    }
 }
 
 impl RaftSnapshotBuilder<TestConfig> for SumMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, StorageError<NodeId>> {
-        let bytes = protocol::codec::encode(&self.state).expect("encode");
+        let state = self.sum().clone();
+        let bytes = protocol::codec::encode(&state).expect("encode");
         let meta = SnapshotMeta {
-            last_log_id: self.state.last_applied,
-            last_membership: self.state.membership.clone(),
-            snapshot_id: format!("{:?}", self.state.last_applied),
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+            snapshot_id: format!("{:?}", state.last_applied),
         };
         *self.snapshot.lock().expect("lock") = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
@@ -77,14 +97,10 @@ impl RaftStateMachine<TestConfig> for SumMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<
-        (
-            Option<LogId<NodeId>>,
-            StoredMembership<NodeId, openraft::BasicNode>,
-        ),
-        StorageError<NodeId>,
-    > {
-        Ok((self.state.last_applied, self.state.membership.clone()))
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), StorageError<NodeId>>
+    {
+        let s = self.sum();
+        Ok((s.last_applied, s.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<u64>, StorageError<NodeId>>
@@ -92,23 +108,24 @@ impl RaftStateMachine<TestConfig> for SumMachine {
         I: IntoIterator<Item = openraft::Entry<TestConfig>> + Send,
     {
         let mut out = Vec::new();
+        let mut s = self.sum();
         for e in entries {
-            self.state.last_applied = Some(e.log_id);
+            s.last_applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(v) => self.state.total += v,
+                EntryPayload::Normal(v) => s.values.push(v),
                 EntryPayload::Membership(m) => {
-                    self.state.membership = StoredMembership::new(Some(e.log_id), m)
+                    s.membership = StoredMembership::new(Some(e.log_id), m)
                 }
             }
-            out.push(self.state.total);
+            out.push(s.values.len() as u64);
         }
         Ok(out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self {
         SumMachine {
-            state: self.state.clone(),
+            state: Arc::new(std::sync::Mutex::new(self.sum().clone())),
             snapshot: self.snapshot.clone(),
         }
     }
@@ -121,11 +138,17 @@ impl RaftStateMachine<TestConfig> for SumMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        self.state = protocol::codec::decode(&bytes).expect("decode");
+        *self.sum() = protocol::codec::decode(&bytes).map_err(|e| {
+            StorageError::from_io_error(
+                openraft::ErrorSubject::Snapshot(None),
+                openraft::ErrorVerb::Read,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         *self.snapshot.lock().expect("lock") = Some((meta.clone(), bytes));
         Ok(())
     }

@@ -1,0 +1,253 @@
+//! openraft's network over the node's [`Transport`], and the router that hands other nodes'
+//! Raft RPCs to the right local group.
+//!
+//! Every group's RPCs to a peer share the transport's one connection to it.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, RaftTypeConfig};
+use protocol::cluster::{Channel, Request, Response};
+use protocol::codec;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::transport::{Reply, Transport, TransportError};
+
+/// A cluster member as Raft groups know it: where to reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's QUIC address (node-to-node traffic).
+    pub quic: String,
+    /// The node's HTTP address (what clients are told to use).
+    pub http: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (http {})", self.quic, self.http)
+    }
+}
+
+/// Makes per-peer clients for one group.
+pub struct Network<C> {
+    transport: Arc<Transport>,
+    group: u32,
+    _c: PhantomData<fn() -> C>,
+}
+
+impl<C> Network<C> {
+    pub fn new(transport: Arc<Transport>, group: u32) -> Self {
+        Self {
+            transport,
+            group,
+            _c: PhantomData,
+        }
+    }
+}
+
+impl<C> RaftNetworkFactory<C> for Network<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = Member>,
+{
+    type Network = PeerClient<C>;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient<C> {
+        PeerClient {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            addr: node.quic.parse().map_err(|e| format!("{}: {e}", node.quic)),
+            _c: PhantomData,
+        }
+    }
+}
+
+pub struct PeerClient<C> {
+    transport: Arc<Transport>,
+    group: u32,
+    target: u64,
+    addr: Result<SocketAddr, String>,
+    _c: PhantomData<fn() -> C>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+impl<C> PeerClient<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = Member>,
+{
+    async fn rpc<Q, A, E>(
+        &self,
+        channel: Channel,
+        request: &Q,
+        option: &RPCOption,
+    ) -> Result<A, RPCError<u64, Member, E>>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        let addr = self
+            .addr
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Message(e))))?;
+        let body = codec::encode(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))?;
+        let request = Request {
+            channel,
+            group: self.group,
+            body,
+        };
+        let answer = self
+            .transport
+            .call_within(addr, &request, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                TransportError::Connect { .. }
+                | TransportError::Refused { .. }
+                | TransportError::Timeout { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        let result: Result<A, E> = codec::decode(&answer)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl<C> RaftNetwork<C> for PeerClient<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = Member>,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        self.rpc(Channel::RaftAppend, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.rpc(Channel::RaftSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        self.rpc(Channel::RaftVote, &rpc, &option).await
+    }
+}
+
+/// One local group's Raft, type-erased so groups of different kinds share a router.
+pub trait GroupRpc: Send + Sync + 'static {
+    fn handle(&self, channel: Channel, body: Vec<u8>) -> Reply;
+}
+
+impl<C> GroupRpc for Raft<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = Member>,
+{
+    fn handle(&self, channel: Channel, body: Vec<u8>) -> Reply {
+        let raft = self.clone();
+        Box::pin(async move {
+            let encoded = match channel {
+                Channel::RaftAppend => match codec::decode::<AppendEntriesRequest<C>>(&body) {
+                    Ok(rpc) => codec::encode(&raft.append_entries(rpc).await),
+                    Err(e) => return malformed(e),
+                },
+                Channel::RaftVote => match codec::decode::<VoteRequest<u64>>(&body) {
+                    Ok(rpc) => codec::encode(&raft.vote(rpc).await),
+                    Err(e) => return malformed(e),
+                },
+                Channel::RaftSnapshot => match codec::decode::<InstallSnapshotRequest<C>>(&body) {
+                    Ok(rpc) => codec::encode(&raft.install_snapshot(rpc).await),
+                    Err(e) => return malformed(e),
+                },
+                other => {
+                    return Response::Err {
+                        message: format!("{other:?} is not a Raft channel"),
+                        retry: false,
+                    }
+                }
+            };
+            match encoded {
+                Ok(bytes) => Response::Ok(bytes),
+                Err(e) => Response::Err {
+                    message: e.to_string(),
+                    retry: false,
+                },
+            }
+        })
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> Response {
+    Response::Err {
+        message: format!("malformed Raft RPC: {e}"),
+        retry: false,
+    }
+}
+
+/// The node's Raft groups by number: where Raft RPCs from other nodes go.
+#[derive(Default)]
+pub struct Router {
+    groups: RwLock<HashMap<u32, Arc<dyn GroupRpc>>>,
+}
+
+impl Router {
+    pub fn insert(&self, group: u32, raft: Arc<dyn GroupRpc>) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, raft);
+    }
+
+    pub fn remove(&self, group: u32) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+    }
+
+    /// Serves a Raft request; a group this node does not host is a retryable error (it may be
+    /// starting, or being added).
+    pub fn serve(&self, request: Request) -> Reply {
+        let group = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&request.group)
+            .cloned();
+        match group {
+            Some(g) => g.handle(request.channel, request.body),
+            None => Box::pin(async move {
+                Response::Err {
+                    message: format!("group {} is not hosted here", request.group),
+                    retry: true,
+                }
+            }),
+        }
+    }
+}
