@@ -35,6 +35,15 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
     pub live: LiveConfig,
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The secret every node of the cluster shares (at least 16 bytes). Without it, the first
+    /// start generates one into `<data_dir>/cluster.secret`; nodes joining need the same.
+    pub secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -109,6 +118,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             auth: AuthConfig::default(),
             live: LiveConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -167,6 +177,14 @@ impl Config {
                 "storage.shards is {}, it must be between 1 and 1024",
                 s.shards
             )));
+        }
+        if let Some(secret) = &self.cluster.secret {
+            if secret.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.secret is {} bytes, it must be at least 16",
+                    secret.len()
+                )));
+            }
         }
         if s.wal_queue < 64 {
             return Err(ConfigError::Invalid(

@@ -35,6 +35,7 @@ pub struct AppState {
     pub live: crate::live::LiveHub,
     pub alerts: crate::alert::evaluator::AlertHandle,
     pub telemetry: Telemetry,
+    pub membership: crate::membership::Membership,
     pub config: Config,
 }
 
@@ -88,6 +89,7 @@ pub fn router(state: Shared) -> Router {
         .route("/alerts/dead-letters", get(alerts::dead_letters))
         .route("/alerts/{id}", put(alerts::update).delete(alerts::delete))
         .route("/ws", get(ws::upgrade))
+        .route("/cluster", get(ops::cluster))
         .route("/openapi.json", get(openapi))
         .fallback(not_found);
     Router::new()

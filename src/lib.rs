@@ -14,6 +14,8 @@
 //! - `live`: subscription actors fed by the shards' deltas, fanned out to WebSockets.
 //! - `meta`: users, sessions, API keys, dashboards in SQLite, changed only by applying
 //!   commands.
+//! - `membership`: this node as a cluster member: node id, cluster secret, the QUIC endpoint
+//!   and what it serves to other nodes (Raft RPCs through `cluster::raft::Router`).
 //! - `telemetry`: the node's own figures for `/metrics`.
 //! - `load`: the `pulseboard load` generator. `demo`: the demo's streams and dashboard.
 //!
@@ -30,6 +32,7 @@ pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod load;
+pub mod membership;
 pub mod meta;
 pub mod query;
 pub mod server;

@@ -43,8 +43,7 @@ struct ServeArgs {
     /// HTTP listen address [default: 127.0.0.1:8080].
     #[arg(long, env = "PULSEBOARD_HTTP")]
     http: Option<SocketAddr>,
-    /// QUIC listen address for node-to-node traffic [default: 127.0.0.1:8081] (the cluster
-    /// transport; a single node does not open it yet).
+    /// QUIC listen address for node-to-node traffic [default: 127.0.0.1:8081].
     #[arg(long, env = "PULSEBOARD_QUIC")]
     quic: Option<SocketAddr>,
     /// Data directory [default: ./pulseboard-data].
@@ -53,6 +52,10 @@ struct ServeArgs {
     /// QUIC address of a node of the cluster to join.
     #[arg(long, env = "PULSEBOARD_JOIN")]
     join: Option<SocketAddr>,
+    /// The secret shared by the cluster's nodes [default: generated on first start into
+    /// <data-dir>/cluster.secret].
+    #[arg(long, env = "PULSEBOARD_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Virtual shards, fixed when the data directory is created [default: 16].
     #[arg(long, env = "PULSEBOARD_SHARDS")]
     shards: Option<u32>,
@@ -148,6 +151,9 @@ async fn serve(mut args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     }
     if let Some(v) = args.shards {
         config.storage.shards = v;
+    }
+    if let Some(v) = args.cluster_secret.take() {
+        config.cluster.secret = Some(v);
     }
     if args.no_fsync {
         config.storage.fsync = false;

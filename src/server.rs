@@ -69,6 +69,12 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
         engine.layout().clone(),
         config.live.linger,
     );
+    let membership = crate::membership::Membership::start(&config, http_addr)?;
+    info!(
+        node_id = membership.identity.node_id,
+        quic_addr = %membership.quic_addr(),
+        "cluster endpoint listening"
+    );
     let (alerts, alert_rx) = crate::alert::evaluator::channel();
     let state = Arc::new(AppState {
         alerts,
@@ -76,6 +82,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
         engine,
         meta,
         telemetry: Telemetry::default(),
+        membership,
         config,
     });
     let alert_task = tokio::spawn(crate::alert::evaluator::run(state.clone(), alert_rx));
@@ -138,6 +145,7 @@ impl Node {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         info!(ms = t.elapsed().as_millis() as u64, "live updates stopped");
+        state.membership.shutdown().await;
         let t = Instant::now();
         match Arc::try_unwrap(state) {
             Ok(state) => {

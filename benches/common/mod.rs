@@ -26,7 +26,14 @@ impl Drop for Server {
 pub async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-        .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("PULSEBOARD_ADMIN_PASSWORD", PASSWORD)
         .env("PULSEBOARD_LOG", "warn")

@@ -1,11 +1,12 @@
 //! `/healthz` (the process answers), `/readyz` (storage recovered and accepting writes),
-//! `/metrics` (Prometheus text format).
+//! `/metrics` (Prometheus text format), `/api/v1/cluster` (members and shard placement).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use axum::Json;
 
-use super::Shared;
+use super::{Auth, Shared};
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -31,4 +32,12 @@ pub async fn prometheus(State(state): State<Shared>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+/// `GET /api/v1/cluster`: any signed-in user may look.
+pub async fn cluster(
+    State(state): State<Shared>,
+    _auth: Auth,
+) -> Json<crate::membership::ClusterView> {
+    Json(state.membership.view(state.engine.shard_count() as u32))
 }

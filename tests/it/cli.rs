@@ -121,10 +121,29 @@ fn bad_configuration_is_named() {
         .output()
         .expect("run serve");
     assert!(String::from_utf8_lossy(&out.stderr).contains("shardz"));
+    let out = pulseboard()
+        .args(["serve", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .args(["--cluster-secret", "too short", "--data-dir"])
+        .arg(dir.path().join("d3"))
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cluster.secret is 9 bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A data directory created with 16 shards refuses to start with 8.
     let data = dir.path().join("d2");
     let mut first = pulseboard()
-        .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .env("PULSEBOARD_ADMIN_PASSWORD", "admin-password")
         .stdout(std::process::Stdio::piped())
@@ -144,6 +163,8 @@ fn bad_configuration_is_named() {
         .args([
             "serve",
             "--http",
+            "127.0.0.1:0",
+            "--quic",
             "127.0.0.1:0",
             "--shards",
             "8",

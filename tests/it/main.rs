@@ -8,6 +8,7 @@ mod alerts;
 mod auth;
 mod browser;
 mod cli;
+mod cluster;
 mod dashboards;
 mod durability;
 mod harness;

@@ -1,0 +1,229 @@
+//! This node as a cluster member: its identity (node id, cluster secret), its QUIC endpoint,
+//! and what it serves to other nodes.
+//!
+//! The node id is drawn once and kept in `<data_dir>/node.id` (Raft never reuses an id). The
+//! cluster secret comes from the config (`cluster.secret`, `--cluster-secret`,
+//! `PULSEBOARD_CLUSTER_SECRET`) or, on a node's first start without one, is generated into
+//! `<data_dir>/cluster.secret` (mode 0600) — a node joining this one needs the same secret.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use cluster::raft::Router;
+use cluster::transport::{Reply, Service, Transport, TransportConfig};
+use protocol::cluster::{Channel, Request, Response};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Who this node is.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub node_id: u64,
+    pub secret: Vec<u8>,
+}
+
+impl Identity {
+    /// Reads (or creates on first start) the node id and the cluster secret.
+    pub fn load_or_create(data_dir: &Path, configured_secret: Option<&str>) -> Result<Self> {
+        let id_path = data_dir.join("node.id");
+        let node_id = match std::fs::read_to_string(&id_path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| {
+                    Error::Storage(format!(
+                        "{}: expected a positive node id, found {:?}",
+                        id_path.display(),
+                        text.trim()
+                    ))
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // 53 bits, like every other id the API shows (exact in JavaScript).
+                let id = (rand::random::<u64>() >> 11).max(1);
+                write_private(&id_path, id.to_string().as_bytes())?;
+                id
+            }
+            Err(e) => return Err(Error::Storage(format!("read {}: {e}", id_path.display()))),
+        };
+        let secret = match configured_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                let path = data_dir.join("cluster.secret");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) if text.trim().len() >= 16 => text.trim().as_bytes().to_vec(),
+                    Ok(_) => {
+                        return Err(Error::Config(crate::config::ConfigError::Invalid(format!(
+                            "{} holds fewer than 16 characters; put the cluster's secret there or set PULSEBOARD_CLUSTER_SECRET",
+                            path.display()
+                        ))))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let secret = hex::encode(rand::random::<[u8; 24]>());
+                        write_private(&path, secret.as_bytes())?;
+                        secret.into_bytes()
+                    }
+                    Err(e) => {
+                        return Err(Error::Storage(format!("read {}: {e}", path.display())))
+                    }
+                }
+            }
+        };
+        Ok(Self { node_id, secret })
+    }
+}
+
+/// Writes a small file readable by the owner only, durably.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let io = |op: &str, e: std::io::Error| Error::Storage(format!("{op} {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("create", e))?;
+    f.write_all(bytes).map_err(|e| io("write", e))?;
+    f.sync_all().map_err(|e| io("fsync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("fsync directory of", e))?;
+    }
+    Ok(())
+}
+
+/// What this node answers to other nodes: Raft RPCs for the groups it hosts.
+struct NodeService {
+    router: Arc<Router>,
+}
+
+impl Service for NodeService {
+    fn serve(&self, _from: u64, request: Request) -> Reply {
+        match request.channel {
+            Channel::RaftAppend | Channel::RaftVote | Channel::RaftSnapshot => {
+                self.router.serve(request)
+            }
+            other => Box::pin(async move {
+                Response::Err {
+                    message: format!("this node does not serve {other:?} requests"),
+                    retry: false,
+                }
+            }),
+        }
+    }
+}
+
+/// This node's membership: identity, endpoint, and the Raft groups it hosts.
+pub struct Membership {
+    pub identity: Identity,
+    pub transport: Arc<Transport>,
+    pub router: Arc<Router>,
+    http_addr: SocketAddr,
+}
+
+/// `GET /api/v1/cluster` (SPEC §3).
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeView>,
+    pub meta_leader: u64,
+    pub shards: Vec<ShardView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub id: u64,
+    pub http_addr: String,
+    pub quic_addr: String,
+    pub role: &'static str,
+    pub alive: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShardView {
+    pub shard: u32,
+    pub leader: u64,
+    pub replicas: Vec<u64>,
+}
+
+impl Membership {
+    /// Loads the identity and opens the QUIC endpoint on `config.quic`.
+    pub fn start(config: &Config, http_addr: SocketAddr) -> Result<Self> {
+        let identity =
+            Identity::load_or_create(&config.data_dir, config.cluster.secret.as_deref())?;
+        let router = Arc::new(Router::default());
+        let transport = Transport::start(
+            TransportConfig::new(config.quic, identity.node_id, identity.secret.clone()),
+            Arc::new(NodeService {
+                router: router.clone(),
+            }),
+        )
+        .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(Self {
+            identity,
+            transport: Arc::new(transport),
+            router,
+            http_addr,
+        })
+    }
+
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// The cluster as this node sees it. Today the node is a cluster of one: it holds and
+    /// leads every shard and the metadata.
+    pub fn view(&self, shards: u32) -> ClusterView {
+        let id = self.identity.node_id;
+        ClusterView {
+            nodes: vec![NodeView {
+                id,
+                http_addr: self.http_addr.to_string(),
+                quic_addr: self.quic_addr().to_string(),
+                role: "leader",
+                alive: true,
+            }],
+            meta_leader: id,
+            shards: (0..shards)
+                .map(|shard| ShardView {
+                    shard,
+                    leader: id,
+                    replicas: vec![id],
+                })
+                .collect(),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        self.transport.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let a = Identity::load_or_create(dir.path(), None).expect("create");
+        let b = Identity::load_or_create(dir.path(), None).expect("reload");
+        assert_eq!(a.node_id, b.node_id);
+        assert_eq!(a.secret, b.secret);
+        assert!(a.secret.len() >= 16);
+        let c = Identity::load_or_create(dir.path(), Some("configured secret value")).expect("cfg");
+        assert_eq!(c.node_id, a.node_id);
+        assert_eq!(c.secret, b"configured secret value");
+        std::fs::write(dir.path().join("node.id"), "zero").expect("write");
+        let err = Identity::load_or_create(dir.path(), None).expect_err("bad id");
+        assert!(err.to_string().contains("node.id"), "{err}");
+    }
+}
