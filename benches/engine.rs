@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use protocol::{DataPoint, ShardBatch};
 use pulseboard::config::Config;
 use pulseboard::engine::Engine;
+use pulseboard::membership::Membership;
 use pulseboard::query::DataRequest;
 use pulseboard::shard::{Layout, ShardState};
 
@@ -119,9 +120,12 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             data_dir: dir.path().to_path_buf(),
+            quic: "127.0.0.1:0".parse().expect("addr"),
             ..Config::default()
         };
-        let engine = std::sync::Arc::new(Engine::open(&config).await.expect("open"));
+        let http: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let node = Membership::start(&config, http).expect("cluster endpoint");
+        let engine = std::sync::Arc::new(Engine::open(&config, &node).await.expect("open"));
         let per_writer = 25;
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -151,7 +155,8 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         config.data_dir = dir.path().to_path_buf();
         config.storage.fsync = false;
-        let engine = Engine::open(&config).await.expect("open");
+        let node = Membership::start(&config, http).expect("cluster endpoint");
+        let engine = Engine::open(&config, &node).await.expect("open");
         let qseries = 1_000;
         let hour_start = (now - 3_600_000) / 1000 * 1000;
         for chunk in 0..36 {

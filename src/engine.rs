@@ -1,61 +1,62 @@
-//! The storage engine of a node: shard actors, the shared write-ahead log, admission, and the
-//! routing of series to shards.
+//! The storage engine of a node: shard actors, their Raft groups, the shared write-ahead log
+//! under every group, admission, and the routing of series to shards.
 //!
-//! This is the seam the cluster issue replaces: today every shard is local and `write`
-//! appends to the node's own log; later `write` proposes each shard's batch to that shard's
-//! Raft group (whose log lives in the same shared log) and `query` scatters to shard leaders on
-//! other nodes. Callers (HTTP, load tests) see only `write`, `query`, `metrics`,
-//! `dimensions` and `stats`.
+//! Every shard is a Raft group (`shard::group`): `write` proposes each shard's batch to its
+//! group and answers once every touched group has committed and applied it. A single node is
+//! a cluster of one on the same path. Callers (HTTP, load tests) see only `write`, `query`,
+//! `metrics`, `dimensions` and `stats`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use cluster::raft::{LogStore, Member, Network, Router};
 use cluster::{Apply, FsyncMode, LogConfig, SharedLog};
 use dashmap::DashMap;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::Raft;
 use protocol::{DataPoint, PointError, ShardBatch};
 use ractor::Actor;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ingest::Admission;
+use crate::membership::Membership;
+use crate::shard::group::{ShardMachine, ShardRaft};
 use crate::shard::{
     snapshot, Layout, Partial, Shard, ShardArgs, ShardMsg, ShardQuery, ShardRef, ShardState,
     ShardStats, Watch,
 };
 
-/// What the log carries to the shard once a batch is durable.
-pub struct Committed {
-    batch: ShardBatch,
-    done: oneshot::Sender<()>,
+/// The shared log hands nothing to anyone on its own: Raft's log stores read it back.
+struct NoApply;
+impl Apply<()> for NoApply {
+    fn apply(&mut self, _: u32, _: u64, _: ()) {}
 }
 
-/// Forwards durable batches, in log order, to the shard actors' mailboxes.
-struct ShardSink {
-    shards: Arc<OnceLock<Vec<ShardRef>>>,
-}
-
-impl Apply<Committed> for ShardSink {
-    fn apply(&mut self, group: u32, index: u64, value: Committed) {
-        let Some(shard) = self.shards.get().and_then(|s| s.get(group as usize)) else {
-            warn!(shard = group, index, "durable batch for an unknown shard");
-            return;
-        };
-        let msg = ShardMsg::Apply {
-            index,
-            batch: value.batch,
-            done: Some(value.done),
-        };
-        if let Err(err) = shard.cast(msg) {
-            // The waiting request sees its `done` dropped and answers 503; the batch is
-            // durable and is applied on the next start.
-            warn!(shard = group, index, cause = %err, "shard actor gone");
-        }
-    }
+/// Timing of the shard groups: heartbeats every 100 ms, a leader presumed dead after 0.5–1 s.
+fn raft_config() -> Result<Arc<openraft::Config>> {
+    let c = openraft::Config {
+        cluster_name: "pulseboard-shards".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: 4 << 20,
+        max_payload_entries: 256,
+        // Snapshots are taken on the engine's own schedule (`snapshot_interval`).
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 1000,
+        purge_batch_size: 256,
+        ..Default::default()
+    };
+    c.validate()
+        .map(Arc::new)
+        .map_err(|e| Error::Internal(format!("raft config: {e}")))
 }
 
 /// The shard actors, for live subscriptions: cheap to clone, and holding it does not keep
@@ -106,7 +107,10 @@ impl ShardSet {
 
 pub struct Engine {
     shards: Vec<ShardRef>,
-    log: Arc<SharedLog<Committed>>,
+    groups: Vec<Raft<ShardRaft>>,
+    router: Arc<Router>,
+    snapshots: tokio::task::JoinHandle<()>,
+    log: Arc<SharedLog<()>>,
     admission: Admission,
     layout: Layout,
     inflight: Arc<Semaphore>,
@@ -170,9 +174,10 @@ struct CreatedLayout {
 }
 
 impl Engine {
-    /// Opens the data directory: loads each shard's snapshot, replays the log tail, starts
-    /// the shard actors.
-    pub async fn open(config: &Config) -> Result<Self> {
+    /// Opens the data directory: loads each shard's snapshot, starts the shard actors and
+    /// their Raft groups (which re-apply the committed log tail), and waits until every group
+    /// has a leader and has applied what was committed.
+    pub async fn open(config: &Config, node: &Membership) -> Result<Self> {
         let dir = &config.data_dir;
         let wal_dir = dir.join("wal");
         let snap_dir = dir.join("shards");
@@ -193,12 +198,7 @@ impl Engine {
                 .unwrap_or_else(|| ShardState::new(shard, layout.clone()));
             states.push(state);
         }
-        let applied: HashMap<u32, u64> = states
-            .iter()
-            .map(|s| (s.shard(), s.applied_index()))
-            .collect();
 
-        let refs = Arc::new(OnceLock::new());
         let log_config = LogConfig {
             dir: wal_dir,
             segment_bytes: config.storage.wal_segment_bytes,
@@ -212,23 +212,8 @@ impl Engine {
             queue_capacity: config.storage.wal_queue,
             max_batch_bytes: 8 << 20,
         };
-        let replay = |group: u32, index: u64, payload: &[u8]| -> std::result::Result<(), String> {
-            let batch: ShardBatch = protocol::codec::decode(payload).map_err(|e| e.to_string())?;
-            let state = states
-                .get_mut(group as usize)
-                .ok_or_else(|| format!("log names shard {group}, the node has {shard_count}"))?;
-            state.apply(index, &batch);
-            Ok(())
-        };
-        let (log, report) = SharedLog::open(
-            log_config,
-            &applied,
-            replay,
-            ShardSink {
-                shards: refs.clone(),
-            },
-        )
-        .map_err(|e| Error::Storage(e.to_string()))?;
+        let (log, report) = SharedLog::open(log_config, &HashMap::new(), |_, _, _| Ok(()), NoApply)
+            .map_err(|e| Error::Storage(e.to_string()))?;
         if let Some(t) = &report.truncated {
             warn!(
                 path = %t.path.display(),
@@ -241,28 +226,92 @@ impl Engine {
         info!(
             segments = report.segments,
             records = report.records,
-            replayed = report.replayed,
             "write-ahead log recovered"
         );
         let log = Arc::new(log);
 
-        let admission = Admission::new(config.ingest.cardinality_limit);
-        for state in &states {
-            admission.register_existing(state);
+        let mut shards = Vec::with_capacity(states.len());
+        for state in states {
+            let args = ShardArgs {
+                state,
+                snapshot_dir: snap_dir.clone(),
+                tick: Duration::from_secs(1),
+            };
+            let (actor, _handle) = Actor::spawn(None, Shard, args)
+                .await
+                .map_err(|e| Error::Internal(format!("spawn shard actor: {e}")))?;
+            shards.push(actor);
         }
 
-        let weak = Arc::downgrade(&log);
-        let release: crate::shard::actor::ReleaseFn = Arc::new(move |shard, index| {
-            if let Some(log) = weak.upgrade() {
-                log.release(shard, index);
+        let raft_config = raft_config()?;
+        let node_id = node.identity.node_id;
+        let me = node.member();
+        let mut groups = Vec::with_capacity(shards.len());
+        for (shard, actor) in shards.iter().enumerate() {
+            let shard = shard as u32;
+            let machine = ShardMachine::new(shard, actor.clone(), snap_dir.clone())
+                .await
+                .map_err(Error::Storage)?;
+            let raft = Raft::new(
+                node_id,
+                raft_config.clone(),
+                Network::new(node.transport.clone(), shard),
+                LogStore::new(log.clone(), shard),
+                machine,
+            )
+            .await
+            .map_err(|e| Error::Storage(format!("shard {shard}: start its Raft group: {e}")))?;
+            node.router.insert(shard, Arc::new(raft.clone()));
+            groups.push(raft);
+        }
+        for (shard, raft) in groups.iter().enumerate() {
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::Storage(format!("shard {shard}: {e}")))?;
+            if !initialized {
+                // A new data directory: this node founds the group alone.
+                let members = std::collections::BTreeMap::from([(node_id, me.clone())]);
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| Error::Storage(format!("shard {shard}: initialize: {e}")))?;
             }
-        });
-        // Requests with idempotency keys that the log holds: the answer they got is the sum
-        // of their points over the shards.
+        }
+        for (shard, raft) in groups.iter().enumerate() {
+            // Waits for a leader, then for everything committed to be applied here.
+            match tokio::time::timeout(Duration::from_secs(30), raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(Error::Unavailable(format!(
+                        "shard {shard}: no leader to recover with: {e}"
+                    )))
+                }
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "shard {shard}: no leader within 30 s"
+                    )))
+                }
+            }
+        }
+
+        let admission = Admission::new(config.ingest.cardinality_limit);
+        // Requests with idempotency keys the shards hold: the answer they got is the sum of
+        // their points over the shards.
         let keys: Arc<DashMap<String, KeyState>> = Arc::new(DashMap::new());
         let now = crate::now_ms();
-        for state in &states {
-            for (key, points) in state.batch_ids() {
+        for actor in &shards {
+            let hashes = unwrap_call(
+                actor
+                    .call(ShardMsg::SeriesHashes, Some(Duration::from_secs(60)))
+                    .await,
+            )?;
+            admission.register_existing(hashes.iter().map(|(m, h)| (m.as_str(), *h)));
+            let ids = unwrap_call(
+                actor
+                    .call(ShardMsg::BatchIds, Some(Duration::from_secs(60)))
+                    .await,
+            )?;
+            for (key, points) in ids {
                 let mut e = keys.entry(key).or_insert(KeyState::Done {
                     accepted: 0,
                     at_ms: now,
@@ -272,25 +321,16 @@ impl Engine {
                 }
             }
         }
-        let mut shards = Vec::with_capacity(states.len());
-        for state in states {
-            let args = ShardArgs {
-                state,
-                snapshot_dir: snap_dir.clone(),
-                snapshot_every: config.storage.snapshot_interval,
-                tick: Duration::from_secs(1),
-                release: release.clone(),
-            };
-            let (actor, _handle) = Actor::spawn(None, Shard, args)
-                .await
-                .map_err(|e| Error::Internal(format!("spawn shard actor: {e}")))?;
-            shards.push(actor);
-        }
-        // Set once, before any write can be appended.
-        let _ = refs.set(shards.clone());
 
+        let snapshots = tokio::spawn(snapshot_loop(
+            groups.clone(),
+            config.storage.snapshot_interval,
+        ));
         Ok(Self {
             shards,
+            groups,
+            router: node.router.clone(),
+            snapshots,
             log,
             admission,
             layout,
@@ -457,36 +497,33 @@ impl Engine {
             per_shard[protocol::point::shard_for(*h, shard_count) as usize].push(p);
         }
         let arrival = self.arrival_stamp(now_ms);
-        let mut entries = Vec::new();
-        let mut waits = Vec::new();
-        for (shard, points) in per_shard.into_iter().enumerate() {
-            if points.is_empty() {
-                continue;
+        let proposals = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, points)| !points.is_empty())
+            .map(|(shard, points)| {
+                let batch = ShardBatch {
+                    shard: shard as u32,
+                    received_ms: arrival,
+                    points,
+                    batch_id: batch_id.map(str::to_owned),
+                };
+                let raft = self.groups[shard].clone();
+                async move { raft.client_write(batch).await.map_err(|e| (shard, e)) }
+            });
+        let mut failed = None;
+        for result in futures_util::future::join_all(proposals).await {
+            if let Err((shard, e)) = result {
+                failed = Some(write_error(shard, e));
             }
-            let batch = ShardBatch {
-                shard: shard as u32,
-                received_ms: arrival,
-                points,
-                batch_id: batch_id.map(str::to_owned),
-            };
-            let bytes =
-                protocol::codec::encode(&batch).map_err(|e| Error::Internal(e.to_string()))?;
-            let (done, wait) = oneshot::channel();
-            entries.push((shard as u32, bytes, Committed { batch, done }));
-            waits.push(wait);
         }
-        self.log.append_many(entries).map_err(|e| match e {
-            cluster::LogError::Full => Error::LogFull { retry_after_s: 1 },
-            other => Error::Unavailable(other.to_string()),
-        })?;
-        // In the log: the request will be applied even if its caller goes away now.
+        if let Some(e) = failed {
+            // Some shards may have committed their part: a retry with the same key applies
+            // only the missing parts (shards skip keys they have applied).
+            return Err(e);
+        }
         if let Some(k) = key.as_mut() {
             k.accepted = Some(n);
-        }
-        for wait in waits {
-            wait.await.map_err(|_| {
-                Error::Unavailable("a shard stopped before applying a durable batch".into())
-            })?;
         }
         Ok(n)
     }
@@ -580,8 +617,17 @@ impl Engine {
         self.max_inflight - self.inflight.available_permits()
     }
 
-    /// Snapshot every shard (so the next start replays little), stop the actors and the log.
+    /// Stop the Raft groups, snapshot every shard (so the next start re-applies little), stop
+    /// the actors and the log.
     pub async fn shutdown(self) {
+        self.snapshots.abort();
+        for (shard, raft) in self.groups.iter().enumerate() {
+            self.router.remove(shard as u32);
+            if let Err(e) = raft.shutdown().await {
+                warn!(shard, cause = %e, "raft group shutdown");
+            }
+        }
+        drop(self.groups);
         for shard in &self.shards {
             match shard
                 .call(ShardMsg::Snapshot, Some(Duration::from_secs(60)))
@@ -605,6 +651,39 @@ impl Engine {
             }
             Err(_) => warn!("write-ahead log still referenced at shutdown; dropped instead"),
         }
+    }
+}
+
+/// Every `every`, asks each group that applied something new to snapshot (openraft then
+/// purges the log it covers, keeping a margin for lagging followers).
+async fn snapshot_loop(groups: Vec<Raft<ShardRaft>>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for raft in &groups {
+            let due = {
+                let m = raft.metrics().borrow().clone();
+                m.last_applied.map(|l| l.index) > m.snapshot.map(|s| s.index)
+            };
+            if due {
+                if let Err(e) = raft.trigger().snapshot().await {
+                    warn!(cause = %e, "could not start a snapshot");
+                }
+            }
+        }
+    }
+}
+
+fn write_error(shard: usize, e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable(format!(
+            "shard {shard}: this node is not its leader (leader: {}); retry",
+            f.leader_id
+                .map_or_else(|| "being elected".to_string(), |l| l.to_string())
+        )),
+        RaftError::APIError(e) => Error::Internal(format!("shard {shard}: {e}")),
+        RaftError::Fatal(e) => Error::Unavailable(format!("shard {shard}: {e}")),
     }
 }
 

@@ -8,7 +8,6 @@ use dashmap::{DashMap, DashSet};
 use protocol::DataPoint;
 
 use crate::error::{Error, Result};
-use crate::shard::ShardState;
 
 /// Known series (by their 64-bit hash) and series counts per metric.
 ///
@@ -32,8 +31,8 @@ impl Admission {
     }
 
     /// Registers the series a recovered shard already holds.
-    pub fn register_existing(&self, state: &ShardState) {
-        for (metric, hash) in state.series_hashes() {
+    pub fn register_existing<'a>(&self, series: impl IntoIterator<Item = (&'a str, u64)>) {
+        for (metric, hash) in series {
             if self.known.insert(hash) {
                 *self.per_metric.entry(metric.to_owned()).or_insert(0) += 1;
             }

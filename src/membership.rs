@@ -179,6 +179,14 @@ impl Membership {
         self.transport.local_addr()
     }
 
+    /// This node as its Raft groups know it.
+    pub fn member(&self) -> cluster::raft::Member {
+        cluster::raft::Member {
+            quic: self.quic_addr().to_string(),
+            http: self.http_addr.to_string(),
+        }
+    }
+
     /// The cluster as this node sees it. Today the node is a cluster of one: it holds and
     /// leads every shard and the metadata.
     pub fn view(&self, shards: u32) -> ClusterView {

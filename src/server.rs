@@ -50,30 +50,31 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
     let generated_admin_password = meta.bootstrap(admin_password)?;
     info!(ms = t.elapsed().as_millis() as u64, "metadata store open");
 
-    let t = Instant::now();
-    let engine = Engine::open(&config).await?;
-    info!(
-        ms = t.elapsed().as_millis() as u64,
-        shards = engine.shard_count(),
-        "storage engine recovered"
-    );
-
     let listener = TcpListener::bind(config.http)
         .await
         .map_err(|e| Error::Storage(format!("bind HTTP {}: {e}", config.http)))?;
     let http_addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let live = crate::live::LiveHub::new(
-        engine.shard_set(),
-        engine.layout().clone(),
-        config.live.linger,
-    );
     let membership = crate::membership::Membership::start(&config, http_addr)?;
     info!(
         node_id = membership.identity.node_id,
         quic_addr = %membership.quic_addr(),
         "cluster endpoint listening"
+    );
+
+    let t = Instant::now();
+    let engine = Engine::open(&config, &membership).await?;
+    info!(
+        ms = t.elapsed().as_millis() as u64,
+        shards = engine.shard_count(),
+        "storage engine recovered"
+    );
+
+    let live = crate::live::LiveHub::new(
+        engine.shard_set(),
+        engine.layout().clone(),
+        config.live.linger,
     );
     let (alerts, alert_rx) = crate::alert::evaluator::channel();
     let state = Arc::new(AppState {
@@ -145,11 +146,11 @@ impl Node {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         info!(ms = t.elapsed().as_millis() as u64, "live updates stopped");
-        state.membership.shutdown().await;
         let t = Instant::now();
         match Arc::try_unwrap(state) {
             Ok(state) => {
                 state.engine.shutdown().await;
+                state.membership.shutdown().await;
                 info!(
                     ms = t.elapsed().as_millis() as u64,
                     "storage engine stopped"

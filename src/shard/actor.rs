@@ -1,9 +1,10 @@
 //! The shard actor: owns one [`ShardState`] and serialises everything that touches it.
 //!
-//! Messages come from four places: the log writer thread (`Apply`, in log order, only after
-//! the batch is durable), the query coordinator (`Query`, `Metrics`, `Dimensions`, `Stats`),
-//! live subscriptions (`Watch`, `Unwatch`), and the actor's own timer (`Tick`: retention and periodic snapshots). Every message that
-//! carries points carries a whole batch, never a single point.
+//! Messages come from four places: the shard's Raft state machine (`ApplyEntries` in log
+//! order, once committed; `Snapshot`, `Install`, `RaftMeta`), the query coordinator (`Query`,
+//! `Metrics`, `Dimensions`, `Stats`), live subscriptions (`Watch`, `Unwatch`), and the actor's
+//! own timer (`Tick`: retention). Every message that carries points carries whole batches,
+//! never a single point.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use protocol::ShardBatch;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::snapshot;
 use super::state::{Partial, ShardQuery, ShardState, ShardStats};
@@ -21,15 +22,14 @@ use super::watch::{Watch, Watchers};
 
 pub type ShardRef = ActorRef<ShardMsg>;
 
-/// Called once a snapshot covering `index` is durable: the log may drop what it covers.
-pub type ReleaseFn = Arc<dyn Fn(u32, u64) + Send + Sync>;
-
 pub enum ShardMsg {
-    /// A durable batch at log `index`; `done` fires once it is applied (read-your-writes).
-    Apply {
-        index: u64,
-        batch: ShardBatch,
-        done: Option<oneshot::Sender<()>>,
+    /// Committed Raft entries, in log order: a batch, or `None` for an entry without points
+    /// (blank, membership). `raft_meta` is the group's bookkeeping after the last of them.
+    /// `done` fires once they are applied (read-your-writes).
+    ApplyEntries {
+        entries: Vec<(u64, Option<ShardBatch>)>,
+        raft_meta: Vec<u8>,
+        done: oneshot::Sender<()>,
     },
     Query(Arc<ShardQuery>, RpcReplyPort<Partial>),
     Metrics(RpcReplyPort<HashMap<String, u64>>),
@@ -37,22 +37,27 @@ pub enum ShardMsg {
     Stats(RpcReplyPort<ShardStats>),
     /// The idempotency keys this shard remembers, with its share of each request's points.
     BatchIds(RpcReplyPort<Vec<(String, u32)>>),
-    /// Retention and periodic snapshots; sent by the actor's own timer.
+    /// Every series' metric and hash (for the cardinality limit at start).
+    SeriesHashes(RpcReplyPort<Vec<(String, u64)>>),
+    /// The group's bookkeeping as of the applied index.
+    RaftMeta(RpcReplyPort<Vec<u8>>),
+    /// Retention; sent by the actor's own timer.
     Tick,
     /// Registers a live watch and answers its query as of now: later batches reach the
     /// watch as deltas (see `watch`).
     Watch(Arc<Watch>, RpcReplyPort<Partial>),
     Unwatch(u64),
-    /// Write a snapshot now (shutdown); replies with the covered index.
-    Snapshot(RpcReplyPort<Result<u64, String>>),
+    /// Writes a snapshot of the state as applied now and replies with its bytes and the
+    /// Raft bookkeeping it holds.
+    Snapshot(RpcReplyPort<Result<snapshot::RawSnapshot, String>>),
+    /// Replaces the state with one received from the group's leader (written to disk first).
+    Install(Box<ShardState>, RpcReplyPort<Result<(), String>>),
 }
 
 pub struct ShardArgs {
     pub state: ShardState,
     pub snapshot_dir: PathBuf,
-    pub snapshot_every: Duration,
     pub tick: Duration,
-    pub release: ReleaseFn,
 }
 
 pub struct Shard;
@@ -61,10 +66,6 @@ pub struct ShardActorState {
     state: ShardState,
     watchers: Watchers,
     snapshot_dir: PathBuf,
-    snapshot_every: Duration,
-    release: ReleaseFn,
-    last_snapshot_index: u64,
-    last_snapshot_at: Instant,
 }
 
 impl Actor for Shard {
@@ -78,15 +79,10 @@ impl Actor for Shard {
         args: ShardArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(args.tick, || ShardMsg::Tick);
-        let last = args.state.applied_index();
         Ok(ShardActorState {
             state: args.state,
             watchers: Watchers::default(),
             snapshot_dir: args.snapshot_dir,
-            snapshot_every: args.snapshot_every,
-            release: args.release,
-            last_snapshot_index: last,
-            last_snapshot_at: Instant::now(),
         })
     }
 
@@ -97,17 +93,26 @@ impl Actor for Shard {
         st: &mut ShardActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Apply { index, batch, done } => {
-                if index > st.state.applied_index() {
-                    st.state.apply(index, &batch);
-                    // Before the acknowledgement: a live dashboard hears of the point no
-                    // later than the client that wrote it.
-                    st.watchers.emit(st.state.shard(), &batch);
+            ShardMsg::ApplyEntries {
+                entries,
+                raft_meta,
+                done,
+            } => {
+                for (index, batch) in entries {
+                    match batch {
+                        Some(batch) => {
+                            if st.state.apply(index, &batch) {
+                                // Before the acknowledgement: a live dashboard hears of the
+                                // point no later than the client that wrote it.
+                                st.watchers.emit(st.state.shard(), &batch);
+                            }
+                        }
+                        None => st.state.advance(index, Vec::new()),
+                    }
                 }
-                if let Some(done) = done {
-                    // The requester may have gone (client hung up): the batch is applied anyway.
-                    let _ = done.send(());
-                }
+                st.state.set_raft_meta(raft_meta);
+                // The requester may have gone: the entries are applied anyway.
+                let _ = done.send(());
             }
             ShardMsg::Query(q, reply) => {
                 let _ = reply.send(st.state.query(&q));
@@ -124,49 +129,49 @@ impl Actor for Shard {
             ShardMsg::BatchIds(reply) => {
                 let _ = reply.send(st.state.batch_ids());
             }
+            ShardMsg::SeriesHashes(reply) => {
+                let hashes = st
+                    .state
+                    .series_hashes()
+                    .map(|(m, h)| (m.to_owned(), h))
+                    .collect();
+                let _ = reply.send(hashes);
+            }
+            ShardMsg::RaftMeta(reply) => {
+                let _ = reply.send(st.state.raft_meta().to_vec());
+            }
             ShardMsg::Watch(w, reply) => {
                 let partial = st.state.query(&w.query);
                 st.watchers.add(w);
                 let _ = reply.send(partial);
             }
             ShardMsg::Unwatch(id) => st.watchers.remove(id),
-            ShardMsg::Tick => handle_tick(st).await,
+            ShardMsg::Tick => st.state.evict(crate::now_ms()),
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(take_snapshot(st).await);
+            }
+            ShardMsg::Install(state, reply) => {
+                let _ = reply.send(install(st, *state).await);
             }
         }
         Ok(())
     }
 }
 
-async fn handle_tick(st: &mut ShardActorState) {
-    st.state.evict(crate::now_ms());
-    let due = st.last_snapshot_at.elapsed() >= st.snapshot_every;
-    if due && st.state.applied_index() > st.last_snapshot_index {
-        if let Err(err) = take_snapshot(st).await {
-            // Not fatal: the log still holds everything; the next tick tries again.
-            warn!(shard = st.state.shard(), cause = %err, "snapshot failed");
-        }
-    }
-}
-
-async fn take_snapshot(st: &mut ShardActorState) -> Result<u64, String> {
-    let index = st.state.applied_index();
-    let shard = st.state.shard();
-    if index == st.last_snapshot_index {
-        return Ok(index);
-    }
-    let started = Instant::now();
-    let bytes = snapshot::encode(&st.state).map_err(|e| e.to_string())?;
-    let dir = st.snapshot_dir.clone();
-    let size = bytes.len();
-    tokio::task::spawn_blocking(move || snapshot::write(&dir, shard, &bytes))
+async fn write_file(dir: PathBuf, shard: u32, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    tokio::task::spawn_blocking(move || snapshot::write(&dir, shard, &bytes).map(|_| bytes))
         .await
         .map_err(|e| format!("snapshot writer task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
-    st.last_snapshot_index = index;
-    st.last_snapshot_at = Instant::now();
-    (st.release)(shard, index);
+        .map_err(|e| e.to_string())
+}
+
+async fn take_snapshot(st: &mut ShardActorState) -> Result<snapshot::RawSnapshot, String> {
+    let index = st.state.applied_index();
+    let shard = st.state.shard();
+    let started = Instant::now();
+    let bytes = snapshot::encode(&st.state).map_err(|e| e.to_string())?;
+    let size = bytes.len();
+    let bytes = write_file(st.snapshot_dir.clone(), shard, bytes).await?;
     info!(
         shard,
         index,
@@ -174,5 +179,24 @@ async fn take_snapshot(st: &mut ShardActorState) -> Result<u64, String> {
         ms = started.elapsed().as_millis() as u64,
         "snapshot written"
     );
-    Ok(index)
+    Ok((bytes, st.state.raft_meta().to_vec()))
+}
+
+async fn install(st: &mut ShardActorState, state: ShardState) -> Result<(), String> {
+    let shard = st.state.shard();
+    if state.shard() != shard {
+        return Err(format!(
+            "snapshot of shard {} sent to shard {shard}",
+            state.shard()
+        ));
+    }
+    let bytes = snapshot::encode(&state).map_err(|e| e.to_string())?;
+    write_file(st.snapshot_dir.clone(), shard, bytes).await?;
+    info!(
+        shard,
+        index = state.applied_index(),
+        "installed a snapshot from the leader"
+    );
+    st.state = state;
+    Ok(())
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::state::{ShardState, Snapshot};
 
-/// 02: adds the idempotency keys of applied requests.
-const MAGIC: &[u8; 8] = b"PBSNAP02";
+/// 02: adds the idempotency keys of applied requests. 03: adds the Raft group's bookkeeping.
+const MAGIC: &[u8; 8] = b"PBSNAP03";
 const HEADER: usize = 8 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +81,75 @@ pub fn read(dir: &Path, shard: u32) -> Result<Option<ShardState>, SnapshotError>
             })
         }
     };
-    let corrupt = |reason: String| SnapshotError::Corrupt {
+    decode(&bytes, shard)
+        .map(Some)
+        .map_err(|reason| SnapshotError::Corrupt { path: p, reason })
+}
+
+/// The leading fields of a snapshot body, readable without decoding the rest.
+#[derive(serde::Deserialize)]
+struct Head {
+    shard: u32,
+    _applied_index: u64,
+    raft_meta: Vec<u8>,
+}
+
+/// A snapshot file's bytes and the Raft bookkeeping it holds.
+pub type RawSnapshot = (Vec<u8>, Vec<u8>);
+
+/// Reads `shard`'s snapshot file whole (checksum verified) and its Raft bookkeeping, without
+/// decoding the series.
+pub fn read_raw(dir: &Path, shard: u32) -> Result<Option<RawSnapshot>, SnapshotError> {
+    let p = path(dir, shard);
+    let bytes = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                op: "read",
+                path: p,
+                source,
+            })
+        }
+    };
+    let body = check(&bytes).map_err(|reason| SnapshotError::Corrupt {
         path: p.clone(),
         reason,
-    };
+    })?;
+    let head: Head = protocol::codec::decode_prefix(body).map_err(|e| SnapshotError::Corrupt {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    if head.shard != shard {
+        return Err(SnapshotError::Corrupt {
+            path: p,
+            reason: format!("holds shard {}, expected {shard}", head.shard),
+        });
+    }
+    let meta = head.raft_meta;
+    Ok(Some((bytes, meta)))
+}
+
+/// Decodes a snapshot file's bytes (from disk, or received from the shard's leader).
+pub fn decode(bytes: &[u8], shard: u32) -> Result<ShardState, String> {
+    let body = check(bytes)?;
+    let snap: Snapshot = protocol::codec::decode(body).map_err(|e| e.to_string())?;
+    if snap.shard != shard {
+        return Err(format!("holds shard {}, expected {shard}", snap.shard));
+    }
+    Ok(ShardState::from_snapshot(snap))
+}
+
+/// Verifies magic, length and checksum; returns the body.
+fn check(bytes: &[u8]) -> Result<&[u8], String> {
+    let corrupt = |reason: String| reason;
+    if bytes.len() >= 8 && bytes[..6] == MAGIC[..6] && &bytes[..8] != MAGIC {
+        return Err(format!(
+            "written by an older Pulseboard (format {}); this version reads {}: start from an empty data directory",
+            String::from_utf8_lossy(&bytes[..8]),
+            String::from_utf8_lossy(MAGIC)
+        ));
+    }
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(corrupt(
             "not a Pulseboard shard snapshot (bad magic)".into(),
@@ -104,14 +169,7 @@ pub fn read(dir: &Path, shard: u32) -> Result<Option<ShardState>, SnapshotError>
     if crc32fast::hash(body) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let snap: Snapshot = protocol::codec::decode(body).map_err(|e| corrupt(e.to_string()))?;
-    if snap.shard != shard {
-        return Err(corrupt(format!(
-            "holds shard {}, expected {shard}",
-            snap.shard
-        )));
-    }
-    Ok(Some(ShardState::from_snapshot(snap)))
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -115,6 +115,8 @@ pub struct ShardStats {
 pub struct Snapshot {
     pub shard: u32,
     pub applied_index: u64,
+    /// The Raft group's bookkeeping (last applied log id, membership), opaque here.
+    pub raft_meta: Vec<u8>,
     pub layout: Layout,
     pub series: Vec<Series>,
     pub batches: Vec<(String, BatchRecord)>,
@@ -134,6 +136,7 @@ pub const BATCH_ID_RETENTION_MS: i64 = 24 * 3_600_000;
 pub struct ShardState {
     shard: u32,
     applied_index: u64,
+    raft_meta: Vec<u8>,
     layout: Layout,
     series: Vec<Series>,
     /// series hash → id. The key is already a hash, so it is not hashed again.
@@ -152,6 +155,7 @@ impl ShardState {
         Self {
             shard,
             applied_index: 0,
+            raft_meta: Vec::new(),
             layout,
             series: Vec::new(),
             by_hash: HashMap::default(),
@@ -164,6 +168,7 @@ impl ShardState {
     pub fn from_snapshot(snapshot: Snapshot) -> Self {
         let mut state = Self::new(snapshot.shard, snapshot.layout);
         state.applied_index = snapshot.applied_index;
+        state.raft_meta = snapshot.raft_meta;
         for series in snapshot.series {
             state.index_series(series);
         }
@@ -176,6 +181,7 @@ impl ShardState {
         SnapshotRef {
             shard: self.shard,
             applied_index: self.applied_index,
+            raft_meta: &self.raft_meta,
             layout: &self.layout,
             series: &self.series,
             batches: self.batches.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
@@ -198,11 +204,36 @@ impl ShardState {
         self.applied_index
     }
 
-    /// Applies a durable batch at log `index`. Indices at or below the applied one are
-    /// ignored, so replaying a log that overlaps the snapshot is harmless.
-    pub fn apply(&mut self, index: u64, batch: &ShardBatch) {
+    /// The Raft group's bookkeeping as of the applied index (see `shard::group`).
+    pub fn raft_meta(&self) -> &[u8] {
+        &self.raft_meta
+    }
+
+    /// Records a log position that carries no points (a Raft blank or membership entry).
+    pub fn advance(&mut self, index: u64, raft_meta: Vec<u8>) {
+        self.applied_index = self.applied_index.max(index);
+        self.raft_meta = raft_meta;
+    }
+
+    pub fn set_raft_meta(&mut self, raft_meta: Vec<u8>) {
+        self.raft_meta = raft_meta;
+    }
+
+    /// Applies a committed batch at log `index`. Indices at or below the applied one are
+    /// ignored, so replaying a log that overlaps the snapshot is harmless; a batch whose
+    /// idempotency key this shard already applied is skipped (a client's retry after a
+    /// failover), so its points count once. Returns whether the points were applied.
+    pub fn apply(&mut self, index: u64, batch: &ShardBatch) -> bool {
         if index <= self.applied_index {
-            return;
+            return false;
+        }
+        if batch
+            .batch_id
+            .as_ref()
+            .is_some_and(|id| self.batches.contains_key(id))
+        {
+            self.applied_index = index;
+            return false;
         }
         // Arrival order: the ingesting node's clock, then the position in the batch. Fits in
         // 64 bits: 43 bits of ms (until year 2248) and 21 bits of position (batches are
@@ -227,6 +258,7 @@ impl ShardState {
             );
         }
         self.applied_index = index;
+        true
     }
 
     /// Drops raw points and cells older than each level's retention, as of `now_ms`.
@@ -395,6 +427,7 @@ impl ShardState {
 pub struct SnapshotRef<'a> {
     pub shard: u32,
     pub applied_index: u64,
+    pub raft_meta: &'a [u8],
     pub layout: &'a Layout,
     pub series: &'a [Series],
     pub batches: Vec<(&'a str, BatchRecord)>,
