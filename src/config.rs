@@ -38,12 +38,23 @@ pub struct Config {
     pub cluster: ClusterConfig,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// The secret every node of the cluster shares (at least 16 bytes). Without it, the first
     /// start generates one into `<data_dir>/cluster.secret`; nodes joining need the same.
     pub secret: Option<String>,
+    /// Voting replicas per shard (nodes beyond it replicate as learners).
+    pub replication_factor: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            replication_factor: 3,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -185,6 +196,12 @@ impl Config {
                     secret.len()
                 )));
             }
+        }
+        if !(1..=7).contains(&self.cluster.replication_factor) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.replication_factor is {}, it must be between 1 and 7",
+                self.cluster.replication_factor
+            )));
         }
         if s.wal_queue < 64 {
             return Err(ConfigError::Invalid(

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::raft::{LogStore, Member, Network, Router};
-use cluster::{Apply, FsyncMode, LogConfig, SharedLog};
+use cluster::raft::{LogStore, Network, Router};
+use cluster::{FsyncMode, LogConfig, SharedLog};
 use dashmap::DashMap;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use protocol::{DataPoint, PointError, ShardBatch};
 use ractor::Actor;
@@ -26,17 +25,12 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ingest::Admission;
 use crate::membership::Membership;
+use crate::replication::ShardGroups;
 use crate::shard::group::{ShardMachine, ShardRaft};
 use crate::shard::{
     snapshot, Layout, Partial, Shard, ShardArgs, ShardMsg, ShardQuery, ShardRef, ShardState,
     ShardStats, Watch,
 };
-
-/// The shared log hands nothing to anyone on its own: Raft's log stores read it back.
-struct NoApply;
-impl Apply<()> for NoApply {
-    fn apply(&mut self, _: u32, _: u64, _: ()) {}
-}
 
 /// Timing of the shard groups: heartbeats every 100 ms, a leader presumed dead after 0.5–1 s.
 fn raft_config() -> Result<Arc<openraft::Config>> {
@@ -107,10 +101,10 @@ impl ShardSet {
 
 pub struct Engine {
     shards: Vec<ShardRef>,
-    groups: Vec<Raft<ShardRaft>>,
+    groups: Arc<ShardGroups>,
     router: Arc<Router>,
     snapshots: tokio::task::JoinHandle<()>,
-    log: Arc<SharedLog<()>>,
+    log: Arc<SharedLog>,
     admission: Admission,
     layout: Layout,
     inflight: Arc<Semaphore>,
@@ -212,8 +206,8 @@ impl Engine {
             queue_capacity: config.storage.wal_queue,
             max_batch_bytes: 8 << 20,
         };
-        let (log, report) = SharedLog::open(log_config, &HashMap::new(), |_, _, _| Ok(()), NoApply)
-            .map_err(|e| Error::Storage(e.to_string()))?;
+        let (log, report) =
+            SharedLog::open(log_config).map_err(|e| Error::Storage(e.to_string()))?;
         if let Some(t) = &report.truncated {
             warn!(
                 path = %t.path.display(),
@@ -264,33 +258,48 @@ impl Engine {
             node.router.insert(shard, Arc::new(raft.clone()));
             groups.push(raft);
         }
+        let mut fresh = true;
         for (shard, raft) in groups.iter().enumerate() {
             let initialized = raft
                 .is_initialized()
                 .await
                 .map_err(|e| Error::Storage(format!("shard {shard}: {e}")))?;
-            if !initialized {
-                // A new data directory: this node founds the group alone.
+            fresh &= !initialized;
+            if !initialized && config.join.is_none() {
+                // A new data directory, not joining: this node founds the group alone.
                 let members = std::collections::BTreeMap::from([(node_id, me.clone())]);
                 raft.initialize(members)
                     .await
                     .map_err(|e| Error::Storage(format!("shard {shard}: initialize: {e}")))?;
             }
         }
-        for (shard, raft) in groups.iter().enumerate() {
-            // Waits for a leader, then for everything committed to be applied here.
+        let rafts = groups;
+        let groups = Arc::new(ShardGroups::new(
+            rafts.clone(),
+            node_id,
+            node.transport.clone(),
+            config.cluster.replication_factor,
+        ));
+        node.attach(groups.clone());
+        match config.join {
+            Some(peer) if fresh => {
+                info!(%peer, "joining the cluster");
+                groups.join_via(peer, &me).await?;
+            }
+            _ => groups.wait_for_leaders(Duration::from_secs(30)).await?,
+        }
+        for (shard, raft) in rafts.iter().enumerate() {
+            // The leader re-applies what was committed before it serves; followers apply as
+            // their leader tells them what is committed.
+            if raft.metrics().borrow().current_leader != Some(node_id) {
+                continue;
+            }
             match tokio::time::timeout(Duration::from_secs(30), raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    return Err(Error::Unavailable(format!(
-                        "shard {shard}: no leader to recover with: {e}"
-                    )))
+                    warn!(shard, cause = %e, "could not confirm leadership at start")
                 }
-                Err(_) => {
-                    return Err(Error::Unavailable(format!(
-                        "shard {shard}: no leader within 30 s"
-                    )))
-                }
+                Err(_) => warn!(shard, "applying the committed log took over 30 s"),
             }
         }
 
@@ -322,10 +331,7 @@ impl Engine {
             }
         }
 
-        let snapshots = tokio::spawn(snapshot_loop(
-            groups.clone(),
-            config.storage.snapshot_interval,
-        ));
+        let snapshots = tokio::spawn(snapshot_loop(rafts, config.storage.snapshot_interval));
         Ok(Self {
             shards,
             groups,
@@ -508,13 +514,12 @@ impl Engine {
                     points,
                     batch_id: batch_id.map(str::to_owned),
                 };
-                let raft = self.groups[shard].clone();
-                async move { raft.client_write(batch).await.map_err(|e| (shard, e)) }
+                self.groups.propose(batch)
             });
         let mut failed = None;
         for result in futures_util::future::join_all(proposals).await {
-            if let Err((shard, e)) = result {
-                failed = Some(write_error(shard, e));
+            if let Err(e) = result {
+                failed = Some(e);
             }
         }
         if let Some(e) = failed {
@@ -621,7 +626,7 @@ impl Engine {
     /// the actors and the log.
     pub async fn shutdown(self) {
         self.snapshots.abort();
-        for (shard, raft) in self.groups.iter().enumerate() {
+        for (shard, raft) in self.groups.rafts().iter().enumerate() {
             self.router.remove(shard as u32);
             if let Err(e) = raft.shutdown().await {
                 warn!(shard, cause = %e, "raft group shutdown");
@@ -672,18 +677,6 @@ async fn snapshot_loop(groups: Vec<Raft<ShardRaft>>, every: Duration) {
                 }
             }
         }
-    }
-}
-
-fn write_error(shard: usize, e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable(format!(
-            "shard {shard}: this node is not its leader (leader: {}); retry",
-            f.leader_id
-                .map_or_else(|| "being elected".to_string(), |l| l.to_string())
-        )),
-        RaftError::APIError(e) => Error::Internal(format!("shard {shard}: {e}")),
-        RaftError::Fatal(e) => Error::Unavailable(format!("shard {shard}: {e}")),
     }
 }
 

@@ -24,8 +24,6 @@ pub enum Error {
     TooLarge { limit: usize },
     #[error("the node is ingesting at capacity ({inflight} points in flight); retry after {retry_after_s} s")]
     Overloaded { inflight: usize, retry_after_s: u64 },
-    #[error("the write-ahead log queue is full; retry after {retry_after_s} s")]
-    LogFull { retry_after_s: u64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("query parameter `{param}`: {reason}")]
@@ -60,7 +58,7 @@ impl Error {
             | Error::BadRequest(_) => 400,
             Error::TooLarge { .. } => 413,
             Error::Overloaded { .. } => 429,
-            Error::LogFull { .. } | Error::Unavailable(_) => 503,
+            Error::Unavailable(_) => 503,
             Error::NotFound { .. } => 404,
             Error::Meta(e) => e.status(),
             Error::Auth(e) => e.status(),
@@ -78,7 +76,6 @@ impl Error {
             Error::Cardinality { .. } => "cardinality_limit",
             Error::TooLarge { .. } => "payload_too_large",
             Error::Overloaded { .. } => "overloaded",
-            Error::LogFull { .. } => "log_full",
             Error::Unavailable(_) => "unavailable",
             Error::BadQuery { .. } => "invalid_query",
             Error::NotFound { .. } => "not_found",
@@ -131,9 +128,7 @@ impl Error {
     /// Seconds a client should wait before retrying, for overload answers.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::Overloaded { retry_after_s, .. } | Error::LogFull { retry_after_s } => {
-                Some(*retry_after_s)
-            }
+            Error::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
             Error::Unavailable(_) => Some(1),
             _ => None,
         }

@@ -16,6 +16,8 @@
 //!   commands.
 //! - `membership`: this node as a cluster member: node id, cluster secret, the QUIC endpoint
 //!   and what it serves to other nodes (Raft RPCs through `cluster::raft::Router`).
+//! - `replication`: the node's shard groups as a whole: proposing at the leader (forwarding
+//!   over QUIC), serving forwarded batches, joining nodes, the cluster view.
 //! - `telemetry`: the node's own figures for `/metrics`.
 //! - `load`: the `pulseboard load` generator. `demo`: the demo's streams and dashboard.
 //!
@@ -35,6 +37,7 @@ pub mod load;
 pub mod membership;
 pub mod meta;
 pub mod query;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod telemetry;

@@ -163,9 +163,6 @@ async fn serve(mut args: ServeArgs, demo: bool) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--simulated-fsync-delay: {e}"))?;
         config.storage.simulated_fsync_delay = std::time::Duration::from_millis(ms as u64);
     }
-    if config.join.is_some() {
-        anyhow::bail!("--join: joining a cluster is not available yet; run a single node");
-    }
     let data_dir = config.data_dir.clone();
     let started = pulseboard::server::start(config, args.admin_password.clone()).await?;
     if let Some(pw) = &started.generated_admin_password {

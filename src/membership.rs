@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cluster::raft::Router;
 use cluster::transport::{Reply, Service, Transport, TransportConfig};
@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::replication::ShardGroups;
 
 /// Who this node is.
 #[derive(Clone, Debug)]
@@ -101,23 +102,60 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// What this node answers to other nodes: Raft RPCs for the groups it hosts.
+/// What this node answers to other nodes: Raft RPCs for the groups it hosts, batches
+/// forwarded to the shards it leads, and joins.
 struct NodeService {
     router: Arc<Router>,
+    groups: Arc<OnceLock<Arc<ShardGroups>>>,
+}
+
+fn refuse(message: String, retry: bool) -> Reply {
+    Box::pin(async move { Response::Err { message, retry } })
 }
 
 impl Service for NodeService {
     fn serve(&self, _from: u64, request: Request) -> Reply {
+        if matches!(
+            request.channel,
+            Channel::RaftAppend | Channel::RaftVote | Channel::RaftSnapshot
+        ) {
+            return self.router.serve(request);
+        }
+        let Some(groups) = self.groups.get().cloned() else {
+            return refuse("this node is starting; retry".into(), true);
+        };
         match request.channel {
-            Channel::RaftAppend | Channel::RaftVote | Channel::RaftSnapshot => {
-                self.router.serve(request)
+            Channel::Ingest => {
+                Box::pin(async move { groups.serve_ingest(request.group, &request.body).await })
             }
-            other => Box::pin(async move {
-                Response::Err {
-                    message: format!("this node does not serve {other:?} requests"),
-                    retry: false,
+            Channel::Meta => Box::pin(async move {
+                let join = match protocol::codec::decode(&request.body) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        return Response::Err {
+                            message: format!("malformed join request: {e}"),
+                            retry: false,
+                        }
+                    }
+                };
+                match groups.join(join).await {
+                    Ok(answer) => match protocol::codec::encode(&answer) {
+                        Ok(b) => Response::Ok(b),
+                        Err(e) => Response::Err {
+                            message: e.to_string(),
+                            retry: false,
+                        },
+                    },
+                    Err(e) => Response::Err {
+                        message: e.to_string(),
+                        retry: e.status_code() >= 500,
+                    },
                 }
             }),
+            other => refuse(
+                format!("this node does not serve {other:?} requests"),
+                false,
+            ),
         }
     }
 }
@@ -127,6 +165,7 @@ pub struct Membership {
     pub identity: Identity,
     pub transport: Arc<Transport>,
     pub router: Arc<Router>,
+    groups: Arc<OnceLock<Arc<ShardGroups>>>,
     http_addr: SocketAddr,
 }
 
@@ -160,10 +199,12 @@ impl Membership {
         let identity =
             Identity::load_or_create(&config.data_dir, config.cluster.secret.as_deref())?;
         let router = Arc::new(Router::default());
+        let groups = Arc::new(OnceLock::new());
         let transport = Transport::start(
             TransportConfig::new(config.quic, identity.node_id, identity.secret.clone()),
             Arc::new(NodeService {
                 router: router.clone(),
+                groups: groups.clone(),
             }),
         )
         .map_err(|e| Error::Storage(e.to_string()))?;
@@ -171,6 +212,7 @@ impl Membership {
             identity,
             transport: Arc::new(transport),
             router,
+            groups,
             http_addr,
         })
     }
@@ -187,26 +229,20 @@ impl Membership {
         }
     }
 
-    /// The cluster as this node sees it. Today the node is a cluster of one: it holds and
-    /// leads every shard and the metadata.
-    pub fn view(&self, shards: u32) -> ClusterView {
-        let id = self.identity.node_id;
-        ClusterView {
-            nodes: vec![NodeView {
-                id,
-                http_addr: self.http_addr.to_string(),
-                quic_addr: self.quic_addr().to_string(),
-                role: "leader",
-                alive: true,
-            }],
-            meta_leader: id,
-            shards: (0..shards)
-                .map(|shard| ShardView {
-                    shard,
-                    leader: id,
-                    replicas: vec![id],
-                })
-                .collect(),
+    /// Hands the node's shard groups to the service answering other nodes.
+    pub fn attach(&self, groups: Arc<ShardGroups>) {
+        let _ = self.groups.set(groups);
+    }
+
+    /// The cluster as this node's shard groups see it.
+    pub async fn view(&self) -> ClusterView {
+        match self.groups.get() {
+            Some(g) => g.view().await,
+            None => ClusterView {
+                nodes: Vec::new(),
+                meta_leader: 0,
+                shards: Vec::new(),
+            },
         }
     }
 

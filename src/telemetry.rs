@@ -120,7 +120,7 @@ impl Telemetry {
                     Error::IngestBody(_) | Error::Line(_) | Error::Point(_) => Some(0),
                     Error::Cardinality { .. } => Some(2),
                     Error::TooLarge { .. } => Some(3),
-                    Error::Overloaded { .. } | Error::LogFull { .. } => Some(4),
+                    Error::Overloaded { .. } => Some(4),
                     Error::Unavailable(_) => Some(5),
                     _ => None,
                 };

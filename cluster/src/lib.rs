@@ -12,6 +12,6 @@ pub mod raft;
 pub mod transport;
 
 pub use log::{
-    Apply, Done, FsyncMode, GroupState, LogConfig, LogError, LogStats, Op, RecoveryReport,
-    SharedLog, Truncation,
+    Done, FsyncMode, GroupState, LogConfig, LogError, LogStats, Op, RecoveryReport, SharedLog,
+    Truncation,
 };

@@ -6,33 +6,33 @@
 //! counts group, index and payload and the CRC covers the same bytes.
 //!
 //! # Writing
-//! [`SharedLog::append_many`] puts a request's records on a bounded queue as one message. The
-//! writer thread takes everything queued (up to `max_batch_bytes`), assigns each record the
-//! next index of its group, writes the round with one `write`, syncs once, and only then hands
-//! each value to [`Apply::apply`] in log order. A write or sync error stops the log for good:
-//! the round's values are dropped (their requesters see the drop and answer 503) and every
-//! later append fails with [`LogError::Closed`] — nothing is acknowledged that is not durable.
+//! [`SharedLog::write`] puts one group's changes ([`Op`]s: entries with the caller's indices,
+//! truncations, purges, votes, committed positions) on a bounded queue as one message. The
+//! writer thread takes everything queued (up to `max_batch_bytes`), writes the round with one
+//! `write`, syncs once, records where each entry lies, and only then runs each message's
+//! [`Done`]. A write or sync error stops the log for good: the round's `Done`s get the error
+//! and every later write fails with [`LogError::Closed`] — nothing is reported durable that
+//! is not.
 //!
 //! # Recovery
-//! Segments are scanned in order; records above each group's `applied` index are replayed. A
-//! torn or corrupt tail of the last segment is truncated at the last good record and reported.
-//! Damage anywhere else is an error: starting would silently drop acknowledged records.
+//! Segments are scanned in order and each group's entry locations, purge point, vote and
+//! committed position rebuilt. The records of one `write` are kept all or none. A torn or
+//! corrupt tail of the last segment is truncated at the last good record and reported. Damage
+//! anywhere else is an error: starting would silently drop acknowledged records.
 //!
 //! # Release
-//! Once a group's state machine has snapshotted up to an index, [`SharedLog::release`] lets the
-//! writer delete closed segments whose every record is covered.
+//! A purge lets the writer delete closed segments whose every entry is purged.
 
 mod index;
 mod recovery;
 mod segment;
 mod writer;
 
-use std::collections::HashMap;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -81,11 +81,6 @@ impl LogConfig {
     }
 }
 
-/// Receives durable records, on the writer thread, in log order. Must be quick: it forwards.
-pub trait Apply<T>: Send + 'static {
-    fn apply(&mut self, group: u32, index: u64, value: T);
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("write-ahead log: {op} {path}: {source}")]
@@ -100,14 +95,6 @@ pub enum LogError {
         offset: u64,
         reason: String,
     },
-    #[error("write-ahead log: replaying group {group} index {index}: {reason}")]
-    Replay {
-        group: u32,
-        index: u64,
-        reason: String,
-    },
-    #[error("write-ahead log: queue is full")]
-    Full,
     #[error("write-ahead log: closed")]
     Closed,
     #[error("write-ahead log: record of {bytes} bytes is over the limit of {max}")]
@@ -173,37 +160,29 @@ pub struct GroupState {
     pub committed: Option<Vec<u8>>,
 }
 
-enum Msg<T> {
-    Append(Vec<(u32, Vec<u8>, T)>),
+enum Msg {
     Write(u32, Vec<Op>, Option<Done>),
-    Release(u32, u64),
     Shutdown(mpsc::Sender<Result<(), String>>),
 }
 
-pub struct SharedLog<T: Send + 'static> {
+pub struct SharedLog {
     dir: PathBuf,
     groups: writer::Groups,
-    tx: SyncSender<Msg<T>>,
+    tx: SyncSender<Msg>,
     closed: Arc<AtomicBool>,
     counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl<T: Send + 'static> SharedLog<T> {
-    /// Recovers `config.dir` (see the module doc), replaying every record whose index is above
-    /// `applied[group]` through `replay`, then starts the writer thread.
-    pub fn open(
-        config: LogConfig,
-        applied: &HashMap<u32, u64>,
-        replay: impl FnMut(u32, u64, &[u8]) -> Result<(), String>,
-        apply: impl Apply<T>,
-    ) -> Result<(Self, RecoveryReport), LogError> {
+impl SharedLog {
+    /// Recovers `config.dir` (see the module doc), then starts the writer thread.
+    pub fn open(config: LogConfig) -> Result<(Self, RecoveryReport), LogError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| LogError::Io {
             op: "create",
             path: config.dir.clone(),
             source,
         })?;
-        let recovered = recovery::recover(&config.dir, applied, replay)?;
+        let recovered = recovery::recover(&config.dir)?;
         let report = recovered.report.clone();
         let counters = Arc::new(Counters::default());
         let closed = Arc::new(AtomicBool::new(false));
@@ -213,8 +192,6 @@ impl<T: Send + 'static> SharedLog<T> {
         let writer = writer::Writer::new(
             config,
             recovered,
-            applied,
-            Box::new(apply),
             counters.clone(),
             closed.clone(),
             groups.clone(),
@@ -238,42 +215,6 @@ impl<T: Send + 'static> SharedLog<T> {
             },
             report,
         ))
-    }
-
-    pub fn append(&self, group: u32, payload: Vec<u8>, value: T) -> Result<(), LogError> {
-        self.append_many(vec![(group, payload, value)])
-    }
-
-    /// Enqueues a request's records as one unit: they enter the same group-commit round, in
-    /// this order, and recovery keeps all of them or none (a unit torn by a crash is dropped
-    /// whole). Never blocks: [`LogError::Full`] when the queue is full. Groups are below 2^31.
-    pub fn append_many(&self, records: Vec<(u32, Vec<u8>, T)>) -> Result<(), LogError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(LogError::Closed);
-        }
-        if let Some((g, _, _)) = records.iter().find(|(g, _, _)| *g > segment::GROUP_MASK) {
-            return Err(LogError::TooLarge {
-                bytes: *g as usize,
-                max: segment::GROUP_MASK as usize,
-            });
-        }
-        if let Some((_, p, _)) = records.iter().find(|(_, p, _)| p.len() > MAX_PAYLOAD) {
-            return Err(LogError::TooLarge {
-                bytes: p.len(),
-                max: MAX_PAYLOAD,
-            });
-        }
-        self.counters.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Append(records)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => LogError::Full,
-                    TrySendError::Disconnected(_) => LogError::Closed,
-                })
-            }
-        }
     }
 
     /// Enqueues changes to one group's log, in this order, in one group-commit round; `done`
@@ -369,13 +310,6 @@ impl<T: Send + 'static> SharedLog<T> {
         Ok(out)
     }
 
-    /// The state machine of `group` has durably snapshotted everything up to `index`.
-    /// Never blocks: when the queue is full the release is skipped, and the group's next
-    /// snapshot releases again (releases only free disk; they are never needed for safety).
-    pub fn release(&self, group: u32, index: u64) {
-        let _ = self.tx.try_send(Msg::Release(group, index));
-    }
-
     pub fn stats(&self) -> LogStats {
         let c = &self.counters;
         LogStats {
@@ -423,7 +357,7 @@ fn clone_bound(b: Bound<&u64>) -> Bound<u64> {
     }
 }
 
-impl<T: Send + 'static> Drop for SharedLog<T> {
+impl Drop for SharedLog {
     fn drop(&mut self) {
         let _ = self.stop();
     }

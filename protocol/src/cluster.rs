@@ -51,14 +51,35 @@ pub enum Channel {
     RaftAppend,
     RaftVote,
     RaftSnapshot,
-    /// A node's request to the metadata group (join, forwarded metadata writes).
+    /// Cluster membership: the body is a [`JoinRequest`].
     Meta,
-    /// An ingest batch forwarded to a shard's leader.
+    /// An ingest batch forwarded to a shard's leader: the body is a `ShardBatch`, the answer
+    /// empty once the shard's group committed and applied it.
     Ingest,
     /// A query fragment for the shards a node leads.
     Query,
     /// Liveness and identity; answered by the transport itself.
     Ping,
+}
+
+/// `Channel::Meta` body: a node asks to become a replica of shard groups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node_id: u64,
+    /// Its QUIC and HTTP addresses, as other nodes should use them.
+    pub quic: String,
+    pub http: String,
+    /// The shards to join; `None` for every shard.
+    pub shards: Option<Vec<u32>>,
+    /// How many nodes passed the request on (a member passes the shards it does not lead to
+    /// their leaders; past 2 hops the join fails instead of chasing elections).
+    pub hops: u8,
+}
+
+/// The answer to a [`JoinRequest`]: the shards the node now replicates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub shards: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

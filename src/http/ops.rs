@@ -39,5 +39,5 @@ pub async fn cluster(
     State(state): State<Shared>,
     _auth: Auth,
 ) -> Json<crate::membership::ClusterView> {
-    Json(state.membership.view(state.engine.shard_count()))
+    Json(state.membership.view().await)
 }

@@ -24,14 +24,6 @@ pub struct GroupIndex {
 }
 
 impl GroupIndex {
-    /// The highest index the group holds, or its purge point when it holds none.
-    pub fn last_index(&self) -> Option<u64> {
-        self.entries
-            .last_key_value()
-            .map(|(i, _)| *i)
-            .or(self.purged.as_ref().map(|(i, _)| *i))
-    }
-
     /// Folds one record in. Errors (only recovery checks) name an entry that does not follow
     /// the one before it: a segment is missing or out of order.
     pub fn record(

@@ -13,7 +13,6 @@ use super::{LogError, MAGIC, MAX_PAYLOAD, RECORD_HEADER};
 pub struct RecoveryReport {
     pub segments: usize,
     pub records: u64,
-    pub replayed: u64,
     pub truncated: Option<Truncation>,
 }
 
@@ -69,11 +68,7 @@ fn list(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, LogError> {
     Ok(out)
 }
 
-pub fn recover(
-    dir: &Path,
-    applied: &HashMap<u32, u64>,
-    mut replay: impl FnMut(u32, u64, &[u8]) -> Result<(), String>,
-) -> Result<Recovered, LogError> {
+pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
     let files = list(dir)?;
     let mut out = Recovered {
         report: RecoveryReport {
@@ -104,8 +99,8 @@ pub fn recover(
                 source,
             })?
             .len();
-        // Records of one append_many unit are replayed only once its closing record is seen:
-        // a unit cut short by a crash is dropped whole, so a request is never half-applied.
+        // The records of one write are kept only once its closing record is seen: a write cut
+        // short by a crash is dropped whole.
         let mut unit: Vec<(u32, Kind, u64, Vec<u8>, Loc)> = Vec::new();
         let mut good_len = 0u64; // end of the last complete unit
         let mut scan = scan_segment(
@@ -130,17 +125,8 @@ pub fn recover(
                             reason: format!("group {group}: {reason}"),
                         })?;
                     out.report.records += 1;
-                    if kind != Kind::Entry {
-                        continue;
-                    }
-                    info.max_index.insert(group, index);
-                    if index > applied.get(&group).copied().unwrap_or(0) {
-                        replay(group, index, &payload).map_err(|reason| LogError::Replay {
-                            group,
-                            index,
-                            reason,
-                        })?;
-                        out.report.replayed += 1;
+                    if kind == Kind::Entry {
+                        info.max_index.insert(group, index);
                     }
                 }
                 good_len = end_offset;

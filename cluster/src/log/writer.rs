@@ -1,4 +1,4 @@
-//! The writer thread: group commit, apply in order, segment roll and release.
+//! The writer thread: group commit, the group index, segment roll and release.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -14,7 +14,7 @@ use tracing::{error, info};
 use super::index::{GroupIndex, Loc};
 use super::recovery::{Recovered, SegmentInfo};
 use super::segment::{self, Kind};
-use super::{Apply, Counters, Done, FsyncMode, LogConfig, LogError, Msg, Op, MAGIC};
+use super::{Counters, Done, FsyncMode, LogConfig, LogError, Msg, Op, MAGIC};
 
 pub type Groups = Arc<Mutex<HashMap<u32, GroupIndex>>>;
 
@@ -28,9 +28,8 @@ struct Written {
     loc: Loc,
 }
 
-pub struct Writer<T> {
+pub struct Writer {
     config: LogConfig,
-    apply: Box<dyn Apply<T>>,
     counters: Arc<Counters>,
     closed: Arc<AtomicBool>,
     file: File,
@@ -38,7 +37,6 @@ pub struct Writer<T> {
     len: u64,
     /// The active segment is the last one.
     segments: Vec<SegmentInfo>,
-    next_index: HashMap<u32, u64>,
     released: HashMap<u32, u64>,
     groups: Groups,
     buf: Vec<u8>,
@@ -46,22 +44,15 @@ pub struct Writer<T> {
     dones: Vec<Done>,
 }
 
-impl<T: Send + 'static> Writer<T> {
+impl Writer {
     pub fn new(
         config: LogConfig,
         recovered: Recovered,
-        applied: &HashMap<u32, u64>,
-        apply: Box<dyn Apply<T>>,
         counters: Arc<Counters>,
         closed: Arc<AtomicBool>,
         groups: Groups,
     ) -> Result<Self, LogError> {
-        let mut next_index: HashMap<u32, u64> = recovered
-            .groups
-            .iter()
-            .filter_map(|(g, ix)| Some((*g, ix.last_index()? + 1)))
-            .collect();
-        let mut released = applied.clone();
+        let mut released = HashMap::new();
         for (g, ix) in &recovered.groups {
             if let Some((p, _)) = &ix.purged {
                 let r = released.entry(*g).or_insert(0);
@@ -76,10 +67,6 @@ impl<T: Send + 'static> Writer<T> {
                     ix.forget_upto(*r);
                 }
             }
-        }
-        for (g, a) in applied {
-            let n = next_index.entry(*g).or_insert(a + 1);
-            *n = (*n).max(a + 1);
         }
         let mut segments = recovered.segments;
         let (file, len) =
@@ -108,26 +95,23 @@ impl<T: Send + 'static> Writer<T> {
             .store(segments.len() as u64, Ordering::Relaxed);
         let mut w = Self {
             config,
-            apply,
             counters,
             closed,
             file,
             len,
             segments,
-            next_index,
             released,
             groups,
             buf: Vec::with_capacity(1 << 20),
             written: Vec::new(),
             dones: Vec::new(),
         };
-        // Segments already covered by snapshots can go right away.
+        // Segments already purged can go right away.
         w.delete_released();
         Ok(w)
     }
 
-    pub fn run(mut self, rx: Receiver<Msg<T>>) {
-        let mut round: Vec<(u32, u64, T)> = Vec::new();
+    pub fn run(mut self, rx: Receiver<Msg>) {
         let mut pending_shutdown = None;
         loop {
             let first = match rx.recv() {
@@ -138,16 +122,6 @@ impl<T: Send + 'static> Writer<T> {
             // Drain what is queued into one round, up to the byte cap.
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Append(records) => {
-                        self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        let last = records.len().saturating_sub(1);
-                        for (n, (group, payload, value)) in records.into_iter().enumerate() {
-                            let index = *self.next_index.entry(group).or_insert(1);
-                            self.encode(group, Kind::Entry, index, payload, n == last);
-                            round.push((group, index, value));
-                            self.next_index.insert(group, index + 1);
-                        }
-                    }
                     Msg::Write(group, ops, done) => {
                         self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
                         let last = ops.len().saturating_sub(1);
@@ -169,10 +143,6 @@ impl<T: Send + 'static> Writer<T> {
                             self.dones.push(done);
                         }
                     }
-                    Msg::Release(group, index) => {
-                        let r = self.released.entry(group).or_insert(0);
-                        *r = (*r).max(index);
-                    }
                     Msg::Shutdown(ack) => {
                         pending_shutdown = Some(ack);
                         break;
@@ -188,8 +158,6 @@ impl<T: Send + 'static> Writer<T> {
                     error!(cause = %e, "write-ahead log failed; refusing further writes");
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     self.closed.store(true, Ordering::Release);
-                    // Dropping the values tells every waiting request it was not stored.
-                    round.clear();
                     self.written.clear();
                     for done in self.dones.drain(..) {
                         done(Err(e.to_string()));
@@ -204,9 +172,6 @@ impl<T: Send + 'static> Writer<T> {
                 self.publish();
                 for done in self.dones.drain(..) {
                     done(Ok(()));
-                }
-                for (group, index, value) in round.drain(..) {
-                    self.apply.apply(group, index, value);
                 }
             }
             if self.len >= self.config.segment_bytes {
@@ -227,19 +192,15 @@ impl<T: Send + 'static> Writer<T> {
     }
 
     /// After a failure: answer shutdown requests, drop appends (their waiters see it).
-    fn drain_after_failure(&mut self, rx: &Receiver<Msg<T>>) {
+    fn drain_after_failure(&mut self, rx: &Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
             match msg {
-                Msg::Append(_) => {
-                    self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                }
                 Msg::Write(_, _, done) => {
                     self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     if let Some(done) = done {
                         done(Err("the log had failed earlier".into()));
                     }
                 }
-                Msg::Release(..) => {}
                 Msg::Shutdown(ack) => {
                     let _ = ack.send(Err("the log had failed earlier".into()));
                     return;

@@ -51,13 +51,13 @@ impl<E> Cache<E> {
 }
 
 /// One group's Raft log. Cloning gives a reader over the same log.
-pub struct LogStore<C: RaftTypeConfig, T: Send + 'static> {
+pub struct LogStore<C: RaftTypeConfig> {
     group: u32,
-    log: Arc<SharedLog<T>>,
+    log: Arc<SharedLog>,
     cache: Arc<Mutex<Cache<C::Entry>>>,
 }
 
-impl<C: RaftTypeConfig, T: Send + 'static> Clone for LogStore<C, T> {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
             group: self.group,
@@ -75,13 +75,12 @@ fn err<C: RaftTypeConfig>(
     StorageError::from_io_error(subject, verb, io::Error::other(e.to_string()))
 }
 
-impl<C, T> LogStore<C, T>
+impl<C> LogStore<C>
 where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned + Clone,
-    T: Send + 'static,
 {
-    pub fn new(log: Arc<SharedLog<T>>, group: u32) -> Self {
+    pub fn new(log: Arc<SharedLog>, group: u32) -> Self {
         let last = log.group(group).last;
         Self {
             group,
@@ -150,11 +149,10 @@ where
     }
 }
 
-impl<C, T> RaftLogReader<C> for LogStore<C, T>
+impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned + Clone,
-    T: Send + 'static,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -175,11 +173,10 @@ where
     }
 }
 
-impl<C, T> RaftLogStorage<C> for LogStore<C, T>
+impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned + Clone,
-    T: Send + 'static,
 {
     type LogReader = Self;
 

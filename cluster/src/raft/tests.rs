@@ -1,6 +1,6 @@
 //! openraft's storage test suite against [`LogStore`], plus the log store's own edge cases.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{LogStore, Member};
-use crate::log::{Apply, LogConfig, SharedLog};
+use crate::log::{LogConfig, SharedLog};
 
 openraft::declare_raft_types!(
     pub TestConfig:
@@ -25,17 +25,12 @@ openraft::declare_raft_types!(
 
 type NodeId = u64;
 
-struct Nothing;
-impl Apply<()> for Nothing {
-    fn apply(&mut self, _: u32, _: u64, _: ()) {}
-}
-
-pub(super) fn open_log(dir: &std::path::Path) -> Arc<SharedLog<()>> {
+pub(super) fn open_log(dir: &std::path::Path) -> Arc<SharedLog> {
     let cfg = LogConfig {
         segment_bytes: 4096,
         ..LogConfig::new(dir)
     };
-    let (log, _) = SharedLog::open(cfg, &HashMap::new(), |_, _, _| Ok(()), Nothing).expect("open");
+    let (log, _) = SharedLog::open(cfg).expect("open");
     Arc::new(log)
 }
 
@@ -166,11 +161,10 @@ impl RaftStateMachine<TestConfig> for SumMachine {
 
 struct Builder;
 
-impl StoreBuilder<TestConfig, LogStore<TestConfig, ()>, SumMachine, tempfile::TempDir> for Builder {
+impl StoreBuilder<TestConfig, LogStore<TestConfig>, SumMachine, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore<TestConfig, ()>, SumMachine), StorageError<NodeId>>
-    {
+    ) -> Result<(tempfile::TempDir, LogStore<TestConfig>, SumMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = open_log(dir.path());
         Ok((dir, LogStore::new(log, 7), SumMachine::default()))
@@ -189,7 +183,7 @@ fn entry(term: u64, index: u64, v: u64) -> openraft::Entry<TestConfig> {
     }
 }
 
-async fn append(store: &mut LogStore<TestConfig, ()>, entries: Vec<openraft::Entry<TestConfig>>) {
+async fn append(store: &mut LogStore<TestConfig>, entries: Vec<openraft::Entry<TestConfig>>) {
     use openraft::storage::RaftLogStorageExt;
     store.blocking_append(entries).await.expect("append");
 }
@@ -202,8 +196,8 @@ async fn reopen_keeps_entries_vote_purge_and_truncation() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let log = open_log(dir.path());
-        let mut a = LogStore::<TestConfig, ()>::new(log.clone(), 1);
-        let mut b = LogStore::<TestConfig, ()>::new(log.clone(), 2);
+        let mut a = LogStore::<TestConfig>::new(log.clone(), 1);
+        let mut b = LogStore::<TestConfig>::new(log.clone(), 2);
         a.save_vote(&Vote::new(3, 9)).await.expect("vote");
         // Enough entries to roll many 4 KiB segments.
         append(&mut a, (1..=400).map(|i| entry(1, i, i)).collect()).await;
@@ -228,8 +222,8 @@ async fn reopen_keeps_entries_vote_purge_and_truncation() {
         );
     }
     let log = open_log(dir.path());
-    let mut a = LogStore::<TestConfig, ()>::new(log.clone(), 1);
-    let mut b = LogStore::<TestConfig, ()>::new(log.clone(), 2);
+    let mut a = LogStore::<TestConfig>::new(log.clone(), 1);
+    let mut b = LogStore::<TestConfig>::new(log.clone(), 2);
     assert_eq!(a.read_vote().await.expect("vote"), Some(Vote::new(3, 9)));
     let state = a.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(300));

@@ -1,0 +1,347 @@
+//! The node's shard groups as a whole: proposing a batch wherever its shard's leader is,
+//! serving batches other nodes forward, adding a joining node to the groups, and the cluster
+//! as the groups see it (`GET /api/v1/cluster`).
+//!
+//! Until the metadata group exists, shard 0's leader coordinates joins: a joining node asks
+//! any member, which passes the request on to each shard's leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::raft::Member;
+use cluster::transport::Transport;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft};
+use protocol::cluster::{Channel, JoinAnswer, JoinRequest, Request, Response};
+use protocol::ShardBatch;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::membership::{ClusterView, NodeView, ShardView};
+use crate::shard::group::ShardRaft;
+
+/// How long a write waits for its shard to have a reachable leader (an election after a
+/// leader dies takes 0.5–1 s) before it fails with 503.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+pub struct ShardGroups {
+    rafts: Vec<Raft<ShardRaft>>,
+    node_id: u64,
+    transport: Arc<Transport>,
+    replication_factor: usize,
+}
+
+type WriteError = RaftError<u64, ClientWriteError<u64, Member>>;
+
+impl ShardGroups {
+    pub fn new(
+        rafts: Vec<Raft<ShardRaft>>,
+        node_id: u64,
+        transport: Arc<Transport>,
+        replication_factor: usize,
+    ) -> Self {
+        Self {
+            rafts,
+            node_id,
+            transport,
+            replication_factor,
+        }
+    }
+
+    pub fn rafts(&self) -> &[Raft<ShardRaft>] {
+        &self.rafts
+    }
+
+    fn raft(&self, shard: u32) -> Result<&Raft<ShardRaft>> {
+        self.rafts
+            .get(shard as usize)
+            .ok_or_else(|| Error::BadRequest(format!("no shard {shard}")))
+    }
+
+    /// Commits `batch` in its shard's group, here or at the leader, and returns once the
+    /// leader applied it. Waits (up to [`LEADER_WAIT`]) through an election.
+    pub async fn propose(&self, batch: ShardBatch) -> Result<()> {
+        let shard = batch.shard;
+        let raft = self.raft(shard)?;
+        let started = Instant::now();
+        let mut body: Option<Vec<u8>> = None;
+        loop {
+            let leader = match raft.client_write(batch.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f
+                    .leader_node
+                    .and_then(|n| n.quic.parse::<SocketAddr>().ok()),
+                Err(e) => return Err(write_error(shard, e)),
+            };
+            if let Some(addr) = leader {
+                let bytes = match &body {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = protocol::codec::encode(&batch)
+                            .map_err(|e| Error::Internal(e.to_string()))?;
+                        body = Some(b.clone());
+                        b
+                    }
+                };
+                let request = Request {
+                    channel: Channel::Ingest,
+                    group: shard,
+                    body: bytes,
+                };
+                match self.transport.call(addr, &request).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if !e.retryable() => {
+                        return Err(Error::Unavailable(format!("shard {shard}: {e}")))
+                    }
+                    Err(e) => {
+                        if started.elapsed() > LEADER_WAIT {
+                            return Err(Error::Unavailable(format!("shard {shard}: {e}")));
+                        }
+                    }
+                }
+            } else if started.elapsed() > LEADER_WAIT {
+                return Err(Error::Unavailable(format!(
+                    "shard {shard}: no leader within {} s; retry",
+                    LEADER_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A batch another node forwarded: commit it here if this node leads its shard.
+    pub async fn serve_ingest(&self, shard: u32, body: &[u8]) -> Response {
+        let batch: ShardBatch = match protocol::codec::decode(body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Response::Err {
+                    message: format!("malformed forwarded batch: {e}"),
+                    retry: false,
+                }
+            }
+        };
+        if batch.shard != shard {
+            return Response::Err {
+                message: format!("batch of shard {} sent to shard {shard}", batch.shard),
+                retry: false,
+            };
+        }
+        let Ok(raft) = self.raft(shard) else {
+            return Response::Err {
+                message: format!("no shard {shard}"),
+                retry: false,
+            };
+        };
+        match raft.client_write(batch).await {
+            Ok(_) => Response::Ok(Vec::new()),
+            Err(e) => Response::Err {
+                message: write_error(shard, e).to_string(),
+                retry: true,
+            },
+        }
+    }
+
+    /// Adds a node to the groups this node leads (as a voter while a group has fewer than
+    /// the replication factor, else as a learner) and passes the rest on to their leaders.
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer> {
+        let hops = req.hops;
+        let member = Member {
+            quic: req.quic.clone(),
+            http: req.http.clone(),
+        };
+        let wanted: Vec<u32> = req
+            .shards
+            .clone()
+            .unwrap_or_else(|| (0..self.rafts.len() as u32).collect());
+        let mut done = Vec::new();
+        let mut elsewhere: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for shard in wanted {
+            let raft = self.raft(shard)?;
+            let m = raft.metrics().borrow().clone();
+            if m.current_leader != Some(self.node_id) {
+                match m
+                    .current_leader
+                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+                {
+                    Some(leader) if hops < 2 => {
+                        elsewhere.entry(leader.quic).or_default().push(shard)
+                    }
+                    _ => {
+                        return Err(Error::Unavailable(format!(
+                            "shard {shard} has no reachable leader; retry the join"
+                        )))
+                    }
+                }
+                continue;
+            }
+            let membership = m.membership_config.membership().clone();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            if membership.get_node(&req.node_id).is_none() {
+                raft.add_learner(req.node_id, member.clone(), true)
+                    .await
+                    .map_err(|e| write_error(shard, e))?;
+            }
+            if !voters.contains(&req.node_id) && voters.len() < self.replication_factor {
+                raft.change_membership(
+                    ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id])),
+                    true,
+                )
+                .await
+                .map_err(|e| write_error(shard, e))?;
+            }
+            done.push(shard);
+        }
+        for (leader, shards) in elsewhere {
+            let addr: SocketAddr = leader
+                .parse()
+                .map_err(|e| Error::Internal(format!("leader address {leader}: {e}")))?;
+            let body = protocol::codec::encode(&JoinRequest {
+                shards: Some(shards),
+                hops: hops + 1,
+                ..req.clone()
+            })
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            let answer = self
+                .transport
+                .call_within(
+                    addr,
+                    &Request {
+                        channel: Channel::Meta,
+                        group: 0,
+                        body,
+                    },
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|e| Error::Unavailable(format!("passing the join on: {e}")))?;
+            let answer: JoinAnswer = protocol::codec::decode(&answer)
+                .map_err(|e| Error::Internal(format!("join answer: {e}")))?;
+            done.extend(answer.shards);
+        }
+        done.sort_unstable();
+        info!(node = req.node_id, quic = %req.quic, shards = done.len(), "node joined shard groups");
+        Ok(JoinAnswer { shards: done })
+    }
+
+    /// Asks `peer` to add this node to every shard group, retrying while the cluster elects
+    /// leaders, then waits until every group has this node as a member and knows its leader.
+    pub async fn join_via(&self, peer: SocketAddr, me: &Member) -> Result<()> {
+        let req = JoinRequest {
+            node_id: self.node_id,
+            quic: me.quic.clone(),
+            http: me.http.clone(),
+            shards: None,
+            hops: 0,
+        };
+        let body = protocol::codec::encode(&req).map_err(|e| Error::Internal(e.to_string()))?;
+        let started = Instant::now();
+        loop {
+            let call = self
+                .transport
+                .call_within(
+                    peer,
+                    &Request {
+                        channel: Channel::Meta,
+                        group: 0,
+                        body: body.clone(),
+                    },
+                    Duration::from_secs(120),
+                )
+                .await;
+            match call {
+                Ok(_) => break,
+                Err(e) if !e.retryable() || started.elapsed() > Duration::from_secs(120) => {
+                    return Err(Error::Unavailable(format!("joining via {peer}: {e}")))
+                }
+                Err(e) => {
+                    warn!(%peer, cause = %e, "join not accepted yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        self.wait_for_leaders(Duration::from_secs(60)).await
+    }
+
+    /// Waits until every group counts this node as a member and knows a leader.
+    pub async fn wait_for_leaders(&self, within: Duration) -> Result<()> {
+        let me = self.node_id;
+        for (shard, raft) in self.rafts.iter().enumerate() {
+            raft.wait(Some(within))
+                .metrics(
+                    |m| {
+                        m.current_leader.is_some()
+                            && m.membership_config.membership().get_node(&me).is_some()
+                    },
+                    "member with a leader",
+                )
+                .await
+                .map_err(|e| Error::Unavailable(format!("shard {shard}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The cluster as this node's groups see it; peers are pinged to tell who is alive.
+    pub async fn view(&self) -> ClusterView {
+        let mut nodes: BTreeMap<u64, (Member, bool)> = BTreeMap::new();
+        let mut shards = Vec::with_capacity(self.rafts.len());
+        for (shard, raft) in self.rafts.iter().enumerate() {
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            for (id, node) in membership.nodes() {
+                let e = nodes.entry(*id).or_insert((node.clone(), false));
+                e.1 |= voters.contains(id);
+            }
+            shards.push(ShardView {
+                shard: shard as u32,
+                leader: m.current_leader.unwrap_or(0),
+                replicas: membership.nodes().map(|(id, _)| *id).collect(),
+            });
+        }
+        let pings = nodes.iter().map(|(id, (member, _))| {
+            let transport = self.transport.clone();
+            let me = *id == self.node_id;
+            let addr = member.quic.parse::<SocketAddr>().ok();
+            async move {
+                if me {
+                    return true;
+                }
+                let Some(addr) = addr else { return false };
+                matches!(
+                    tokio::time::timeout(Duration::from_millis(500), transport.ping(addr)).await,
+                    Ok(Ok(_))
+                )
+            }
+        });
+        let alive = futures_util::future::join_all(pings).await;
+        ClusterView {
+            nodes: nodes
+                .into_iter()
+                .zip(alive)
+                .map(|((id, (member, voter)), alive)| NodeView {
+                    id,
+                    http_addr: member.http,
+                    quic_addr: member.quic,
+                    role: if voter { "voter" } else { "learner" },
+                    alive,
+                })
+                .collect(),
+            meta_leader: shards.first().map_or(0, |s| s.leader),
+            shards,
+        }
+    }
+}
+
+pub fn write_error(shard: u32, e: WriteError) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable(format!(
+            "shard {shard}: this node is not its leader (leader: {}); retry",
+            f.leader_id
+                .map_or_else(|| "being elected".to_string(), |l| l.to_string())
+        )),
+        RaftError::APIError(e) => Error::Internal(format!("shard {shard}: {e}")),
+        RaftError::Fatal(e) => Error::Unavailable(format!("shard {shard}: {e}")),
+    }
+}
