@@ -297,7 +297,7 @@ impl Engine {
             match tokio::time::timeout(Duration::from_secs(30), raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    warn!(shard, cause = %e, "could not confirm leadership at start")
+                    info!(shard, cause = %e, "leadership moved while starting")
                 }
                 Err(_) => warn!(shard, "applying the committed log took over 30 s"),
             }

@@ -88,10 +88,13 @@ enum UserCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // openraft narrates every election and membership step at info/warn; its errors are
+    // what an operator needs (our own code logs failovers). `PULSEBOARD_LOG` adds directives.
+    let directives = std::env::var("PULSEBOARD_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PULSEBOARD_LOG")
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_new(format!("openraft=error,{directives}"))
+                .unwrap_or_else(|_| "info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -66,46 +66,55 @@ impl ShardGroups {
         let shard = batch.shard;
         let raft = self.raft(shard)?;
         let started = Instant::now();
-        let mut body: Option<Vec<u8>> = None;
+        let mut encoded: Option<Vec<u8>> = None;
         loop {
-            let leader = match raft.client_write(batch.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f
-                    .leader_node
-                    .and_then(|n| n.quic.parse::<SocketAddr>().ok()),
-                Err(e) => return Err(write_error(shard, e)),
+            let leader = {
+                let m = raft.metrics().borrow().clone();
+                m.current_leader.map(|l| {
+                    let node = m.membership_config.membership().get_node(&l).cloned();
+                    (l, node)
+                })
             };
-            if let Some(addr) = leader {
-                let bytes = match &body {
-                    Some(b) => b.clone(),
-                    None => {
-                        let b = protocol::codec::encode(&batch)
-                            .map_err(|e| Error::Internal(e.to_string()))?;
-                        body = Some(b.clone());
-                        b
+            match leader {
+                Some((l, _)) if l == self.node_id => {
+                    // The batch moves into the log: no copy on the common path. Should the
+                    // leadership move in between, the caller retries (with its key, once).
+                    return raft
+                        .client_write(batch)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| write_error(shard, e));
+                }
+                Some((_, Some(node))) => {
+                    let addr: SocketAddr = node.quic.parse().map_err(|e| {
+                        Error::Internal(format!("leader address {}: {e}", node.quic))
+                    })?;
+                    if encoded.is_none() {
+                        encoded = Some(
+                            protocol::codec::encode(&batch)
+                                .map_err(|e| Error::Internal(e.to_string()))?,
+                        );
                     }
-                };
-                let request = Request {
-                    channel: Channel::Ingest,
-                    group: shard,
-                    body: bytes,
-                };
-                match self.transport.call(addr, &request).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if !e.retryable() => {
-                        return Err(Error::Unavailable(format!("shard {shard}: {e}")))
-                    }
-                    Err(e) => {
-                        if started.elapsed() > LEADER_WAIT {
-                            return Err(Error::Unavailable(format!("shard {shard}: {e}")));
+                    let request = Request {
+                        channel: Channel::Ingest,
+                        group: shard,
+                        body: encoded.clone().unwrap_or_default(),
+                    };
+                    match self.transport.call(addr, &request).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if !e.retryable() || started.elapsed() > LEADER_WAIT => {
+                            return Err(Error::Unavailable(format!("shard {shard}: {e}")))
                         }
+                        Err(_) => {}
                     }
                 }
-            } else if started.elapsed() > LEADER_WAIT {
-                return Err(Error::Unavailable(format!(
-                    "shard {shard}: no leader within {} s; retry",
-                    LEADER_WAIT.as_secs()
-                )));
+                _ if started.elapsed() > LEADER_WAIT => {
+                    return Err(Error::Unavailable(format!(
+                        "shard {shard}: no leader within {} s; retry",
+                        LEADER_WAIT.as_secs()
+                    )))
+                }
+                _ => {}
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

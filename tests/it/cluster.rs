@@ -98,3 +98,102 @@ async fn a_node_shows_itself_and_answers_only_peers_with_the_secret() {
         .status();
     assert_eq!(status, 401);
 }
+
+const SECRET: &str = "secret shared by the test cluster";
+
+/// A free UDP port on loopback (nodes of a cluster keep their QUIC address across restarts,
+/// so the test picks them).
+fn free_quic_addr() -> String {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().to_string()
+}
+
+async fn cluster_node(dir: &std::path::Path, quic: &str, join: Option<&str>) -> Node {
+    let mut args = vec!["--quic", quic, "--cluster-secret", SECRET];
+    if let Some(peer) = join {
+        args.extend(["--join", peer]);
+    }
+    Node::start_in(dir, &args).await
+}
+
+/// Polls `node` until its counts per batch equal `want` (followers apply what the leader
+/// committed a heartbeat later).
+async fn converges(node: &Node, want: &std::collections::BTreeMap<String, f64>) {
+    let mut last = None;
+    for _ in 0..100 {
+        let got = crate::durability::counts_by_batch(node, "events").await;
+        if &got == want {
+            return;
+        }
+        last = Some(got);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{} never converged: got {last:?}, want {want:?}", node.base);
+}
+
+#[tokio::test]
+async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let quic: Vec<String> = (0..3).map(|_| free_quic_addr()).collect();
+    let mut nodes = vec![cluster_node(&dirs[0], &quic[0], None).await];
+    for i in 1..3 {
+        nodes.push(cluster_node(&dirs[i], &quic[i], Some(&quic[0])).await);
+    }
+    let (status, view) = nodes[2].get("/api/v1/cluster").await;
+    assert_eq!(status, 200, "{view}");
+    let members = view["nodes"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{view}");
+    assert!(
+        members
+            .iter()
+            .all(|n| n["alive"] == true && n["role"] == "voter"),
+        "{view}"
+    );
+    for s in view["shards"].as_array().unwrap() {
+        assert_eq!(s["replicas"].as_array().unwrap().len(), 3, "{view}");
+        assert_ne!(s["leader"], 0, "{view}");
+    }
+
+    // Writes through any node land once; every node answers queries with all of them.
+    let base = crate::harness::now_ms() - 60_000;
+    let mut want = std::collections::BTreeMap::new();
+    for b in 0..6 {
+        let (status, body) = nodes[b % 3]
+            .ingest(&crate::durability::batch_body(b, 100, base))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        want.insert(b.to_string(), 100.0);
+    }
+    for n in &nodes {
+        converges(n, &want).await;
+    }
+
+    // Kill -9 the node that leads shard 0; writes through the others go on after an election.
+    let leader: u64 = view["shards"][0]["leader"].as_u64().unwrap();
+    let victim = members
+        .iter()
+        .position(|m| m["id"].as_u64() == Some(leader))
+        .expect("leader is a member");
+    let victim_http = members[victim]["http_addr"].as_str().unwrap().to_owned();
+    let victim_index = nodes
+        .iter()
+        .position(|n| n.base.ends_with(&victim_http))
+        .expect("victim is one of ours");
+    let killed = nodes.remove(victim_index);
+    let (victim_dir, _keep) = killed.kill9();
+    for b in 6..12 {
+        let (status, body) = nodes[b % 2]
+            .ingest(&crate::durability::batch_body(b, 100, base))
+            .await;
+        assert_eq!(status, 200, "write {b} after the leader died: {body}");
+        want.insert(b.to_string(), 100.0);
+    }
+    for n in &nodes {
+        converges(n, &want).await;
+    }
+
+    // The killed node comes back with its data directory and catches up.
+    let back = cluster_node(&victim_dir, &quic[victim_index], None).await;
+    converges(&back, &want).await;
+}

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::harness::{now_ms, point, Node};
 
 /// Counts per `batch` dimension value over the last hours.
-async fn counts_by_batch(node: &Node, metric: &str) -> BTreeMap<String, f64> {
+pub(crate) async fn counts_by_batch(node: &Node, metric: &str) -> BTreeMap<String, f64> {
     let (status, body) = node
         .get(&format!(
             "/api/v1/metrics/{metric}/data?start=now-3h&end=now%2B1h&granularity=1h&aggregation=count&group_by=batch"
@@ -32,7 +32,7 @@ async fn counts_by_batch(node: &Node, metric: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn batch_body(b: usize, size: usize, base: i64) -> Value {
+pub(crate) fn batch_body(b: usize, size: usize, base: i64) -> Value {
     let pts: Vec<Value> = (0..size)
         .map(|i| {
             point(

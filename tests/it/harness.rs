@@ -47,15 +47,13 @@ impl Node {
     }
 
     async fn start_command(command: &str, data_dir: &Path, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-            .args([
-                command,
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulseboard"));
+        cmd.args([command, "--http", "127.0.0.1:0"]);
+        if !extra.contains(&"--quic") {
+            cmd.args(["--quic", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)

@@ -1,9 +1,10 @@
 //! An openraft log store for one group of the node's [`SharedLog`].
 //!
 //! Entries are encoded with `protocol::codec` and appended with the group's own indices, so
-//! every group on the node shares one group commit. Recent entries stay decoded in memory
-//! (appended ones until durable, then up to [`CACHE_BYTES`]); older ones are read back from the
-//! segment files, which only a lagging follower's replication asks for.
+//! every group on the node shares one group commit. Recent entries stay in memory, encoded
+//! (appended ones until durable, then up to [`CACHE_BYTES`] per group), for replication to
+//! read without touching the disk; older ones are read back from the segment files, which
+//! only a lagging follower's replication asks for.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -21,12 +22,12 @@ use serde::Serialize;
 
 use crate::log::{Op, SharedLog};
 
-/// Bytes of durable entries a group keeps decoded for replication.
-pub const CACHE_BYTES: usize = 8 << 20;
+/// Bytes of durable entries a group keeps in memory for replication.
+pub const CACHE_BYTES: usize = 2 << 20;
 
-struct Cache<E> {
-    /// Entries not yet durable, and the most recent durable ones.
-    entries: BTreeMap<u64, (E, usize)>,
+struct Cache {
+    /// Encoded entries not yet durable, and the most recent durable ones.
+    entries: BTreeMap<u64, Vec<u8>>,
     bytes: usize,
     /// Highest index known durable.
     durable: Option<u64>,
@@ -34,7 +35,7 @@ struct Cache<E> {
     last: Option<u64>,
 }
 
-impl<E> Cache<E> {
+impl Cache {
     fn trim(&mut self) {
         while self.bytes > CACHE_BYTES {
             let Some((&first, _)) = self.entries.first_key_value() else {
@@ -43,8 +44,8 @@ impl<E> Cache<E> {
             if self.durable.is_none_or(|d| first > d) {
                 break;
             }
-            if let Some((_, size)) = self.entries.remove(&first) {
-                self.bytes -= size;
+            if let Some(bytes) = self.entries.remove(&first) {
+                self.bytes -= bytes.len();
             }
         }
     }
@@ -54,7 +55,8 @@ impl<E> Cache<E> {
 pub struct LogStore<C: RaftTypeConfig> {
     group: u32,
     log: Arc<SharedLog>,
-    cache: Arc<Mutex<Cache<C::Entry>>>,
+    cache: Arc<Mutex<Cache>>,
+    _c: std::marker::PhantomData<fn() -> C>,
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
@@ -63,6 +65,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             group: self.group,
             log: self.log.clone(),
             cache: self.cache.clone(),
+            _c: std::marker::PhantomData,
         }
     }
 }
@@ -91,10 +94,11 @@ where
                 durable: last,
                 last,
             })),
+            _c: std::marker::PhantomData,
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, Cache<C::Entry>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -114,7 +118,7 @@ where
     }
 
     fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<C::Entry>, String> {
-        let (disk_end, cached): (Option<u64>, Vec<C::Entry>) = {
+        let (disk_end, cached): (Option<u64>, Vec<(u64, Vec<u8>)>) = {
             let c = self.cache();
             let Some(last) = c.last else {
                 return Ok(Vec::new());
@@ -128,24 +132,25 @@ where
             let cached = c
                 .entries
                 .range(start.max(disk_end)..end)
-                .map(|(_, (e, _))| e.clone())
+                .map(|(i, b)| (*i, b.clone()))
                 .collect();
             ((start < disk_end).then_some(disk_end), cached)
         };
-        let mut out = Vec::new();
-        if let Some(disk_end) = disk_end {
-            for (index, bytes) in self
+        let mut encoded = match disk_end {
+            Some(disk_end) => self
                 .log
                 .read(self.group, start..disk_end)
-                .map_err(|e| e.to_string())?
-            {
-                let entry: C::Entry = protocol::codec::decode(&bytes)
-                    .map_err(|e| format!("entry {index} of group {}: {e}", self.group))?;
-                out.push(entry);
-            }
-        }
-        out.extend(cached);
-        Ok(out)
+                .map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        encoded.extend(cached);
+        encoded
+            .into_iter()
+            .map(|(index, bytes)| {
+                protocol::codec::decode(&bytes)
+                    .map_err(|e| format!("entry {index} of group {}: {e}", self.group))
+            })
+            .collect()
     }
 }
 
@@ -265,12 +270,11 @@ where
                 let index = entry.get_log_id().index;
                 let payload = protocol::codec::encode(&entry)
                     .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-                let size = payload.len();
-                ops.push(Op::Entry { index, payload });
-                if let Some((_, old)) = c.entries.insert(index, (entry, size)) {
-                    c.bytes -= old;
+                c.bytes += payload.len();
+                if let Some(old) = c.entries.insert(index, payload.clone()) {
+                    c.bytes -= old.len();
                 }
-                c.bytes += size;
+                ops.push(Op::Entry { index, payload });
                 c.last = Some(index);
                 newest = Some(index);
             }
@@ -300,7 +304,7 @@ where
         {
             let mut c = self.cache();
             let removed = c.entries.split_off(&log_id.index);
-            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
+            c.bytes -= removed.values().map(Vec::len).sum::<usize>();
             c.last = log_id.index.checked_sub(1);
             if c.durable.is_some_and(|d| d >= log_id.index) {
                 c.durable = c.last;
@@ -316,7 +320,7 @@ where
             let mut c = self.cache();
             let keep = c.entries.split_off(&(log_id.index + 1));
             let removed = std::mem::replace(&mut c.entries, keep);
-            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
+            c.bytes -= removed.values().map(Vec::len).sum::<usize>();
             if c.last.is_none_or(|l| l < log_id.index) {
                 c.last = Some(log_id.index);
                 c.durable = Some(log_id.index);
