@@ -78,7 +78,7 @@ fn main() {
             .map(|c| ShardBatch {
                 shard: s as u32,
                 received_ms: now,
-                points: c.to_vec(),
+                points: c.to_vec().into(),
                 batch_id: None,
             })
             .collect();

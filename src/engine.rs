@@ -511,7 +511,7 @@ impl Engine {
                 let batch = ShardBatch {
                     shard: shard as u32,
                     received_ms: arrival,
-                    points,
+                    points: points.into(),
                     batch_id: batch_id.map(str::to_owned),
                 };
                 self.groups.propose(batch)

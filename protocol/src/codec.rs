@@ -82,7 +82,7 @@ mod tests {
                 batch_id: None,
                 shard,
                 received_ms,
-                points,
+                points: points.into(),
             })
     }
 

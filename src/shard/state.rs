@@ -584,7 +584,7 @@ mod tests {
         ShardBatch {
             shard: 0,
             received_ms: 1_000_000,
-            points,
+            points: points.into(),
             batch_id: None,
         }
     }

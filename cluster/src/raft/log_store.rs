@@ -1,10 +1,11 @@
 //! An openraft log store for one group of the node's [`SharedLog`].
 //!
 //! Entries are encoded with `protocol::codec` and appended with the group's own indices, so
-//! every group on the node shares one group commit. Recent entries stay in memory, encoded
-//! (appended ones until durable, then up to [`CACHE_BYTES`] per group), for replication to
-//! read without touching the disk; older ones are read back from the segment files, which
-//! only a lagging follower's replication asks for.
+//! every group on the node shares one group commit. Recent entries stay in memory (appended
+//! ones until durable, then up to [`CACHE_BYTES`] of their encoding per group): the state
+//! machine and replication read them back right after they are written, and an entry whose
+//! data is shared (`ShardBatch` points sit behind an `Arc`) clones cheaply. Older ones are
+//! read back from the segment files, which only a lagging follower's replication asks for.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -22,12 +23,12 @@ use serde::Serialize;
 
 use crate::log::{Op, SharedLog};
 
-/// Bytes of durable entries a group keeps in memory for replication.
-pub const CACHE_BYTES: usize = 2 << 20;
+/// Encoded bytes of durable entries a group keeps in memory.
+pub const CACHE_BYTES: usize = 1 << 20;
 
-struct Cache {
-    /// Encoded entries not yet durable, and the most recent durable ones.
-    entries: BTreeMap<u64, Vec<u8>>,
+struct Cache<E> {
+    /// Entries not yet durable, and the most recent durable ones, with their encoded size.
+    entries: BTreeMap<u64, (E, usize)>,
     bytes: usize,
     /// Highest index known durable.
     durable: Option<u64>,
@@ -35,7 +36,7 @@ struct Cache {
     last: Option<u64>,
 }
 
-impl Cache {
+impl<E> Cache<E> {
     fn trim(&mut self) {
         while self.bytes > CACHE_BYTES {
             let Some((&first, _)) = self.entries.first_key_value() else {
@@ -44,8 +45,8 @@ impl Cache {
             if self.durable.is_none_or(|d| first > d) {
                 break;
             }
-            if let Some(bytes) = self.entries.remove(&first) {
-                self.bytes -= bytes.len();
+            if let Some((_, size)) = self.entries.remove(&first) {
+                self.bytes -= size;
             }
         }
     }
@@ -55,8 +56,7 @@ impl Cache {
 pub struct LogStore<C: RaftTypeConfig> {
     group: u32,
     log: Arc<SharedLog>,
-    cache: Arc<Mutex<Cache>>,
-    _c: std::marker::PhantomData<fn() -> C>,
+    cache: Arc<Mutex<Cache<C::Entry>>>,
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
@@ -65,7 +65,6 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             group: self.group,
             log: self.log.clone(),
             cache: self.cache.clone(),
-            _c: std::marker::PhantomData,
         }
     }
 }
@@ -94,11 +93,10 @@ where
                 durable: last,
                 last,
             })),
-            _c: std::marker::PhantomData,
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache<C::Entry>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -118,7 +116,7 @@ where
     }
 
     fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<C::Entry>, String> {
-        let (disk_end, cached): (Option<u64>, Vec<(u64, Vec<u8>)>) = {
+        let (disk_end, cached): (Option<u64>, Vec<C::Entry>) = {
             let c = self.cache();
             let Some(last) = c.last else {
                 return Ok(Vec::new());
@@ -132,25 +130,24 @@ where
             let cached = c
                 .entries
                 .range(start.max(disk_end)..end)
-                .map(|(i, b)| (*i, b.clone()))
+                .map(|(_, (e, _))| e.clone())
                 .collect();
             ((start < disk_end).then_some(disk_end), cached)
         };
-        let mut encoded = match disk_end {
-            Some(disk_end) => self
+        let mut out = Vec::new();
+        if let Some(disk_end) = disk_end {
+            for (index, bytes) in self
                 .log
                 .read(self.group, start..disk_end)
-                .map_err(|e| e.to_string())?,
-            None => Vec::new(),
-        };
-        encoded.extend(cached);
-        encoded
-            .into_iter()
-            .map(|(index, bytes)| {
-                protocol::codec::decode(&bytes)
-                    .map_err(|e| format!("entry {index} of group {}: {e}", self.group))
-            })
-            .collect()
+                .map_err(|e| e.to_string())?
+            {
+                let entry: C::Entry = protocol::codec::decode(&bytes)
+                    .map_err(|e| format!("entry {index} of group {}: {e}", self.group))?;
+                out.push(entry);
+            }
+        }
+        out.extend(cached);
+        Ok(out)
     }
 }
 
@@ -270,9 +267,10 @@ where
                 let index = entry.get_log_id().index;
                 let payload = protocol::codec::encode(&entry)
                     .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-                c.bytes += payload.len();
-                if let Some(old) = c.entries.insert(index, payload.clone()) {
-                    c.bytes -= old.len();
+                let size = payload.len();
+                c.bytes += size;
+                if let Some((_, old)) = c.entries.insert(index, (entry, size)) {
+                    c.bytes -= old;
                 }
                 ops.push(Op::Entry { index, payload });
                 c.last = Some(index);
@@ -304,7 +302,7 @@ where
         {
             let mut c = self.cache();
             let removed = c.entries.split_off(&log_id.index);
-            c.bytes -= removed.values().map(Vec::len).sum::<usize>();
+            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
             c.last = log_id.index.checked_sub(1);
             if c.durable.is_some_and(|d| d >= log_id.index) {
                 c.durable = c.last;
@@ -320,7 +318,7 @@ where
             let mut c = self.cache();
             let keep = c.entries.split_off(&(log_id.index + 1));
             let removed = std::mem::replace(&mut c.entries, keep);
-            c.bytes -= removed.values().map(Vec::len).sum::<usize>();
+            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
             if c.last.is_none_or(|l| l < log_id.index) {
                 c.last = Some(log_id.index);
                 c.durable = Some(log_id.index);
