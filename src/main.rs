@@ -88,13 +88,14 @@ enum UserCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // openraft narrates every election and membership step at info/warn; its errors are
-    // what an operator needs (our own code logs failovers). `PULSEBOARD_LOG` adds directives.
+    // openraft narrates every election, and logs every unreachable peer as an error, many
+    // times a second during a failure; what it cannot recover from reaches our code (a
+    // fatal Raft error fails writes with 503, logged). `PULSEBOARD_LOG=openraft=info` shows it.
     let directives = std::env::var("PULSEBOARD_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(format!("openraft=error,{directives}"))
-                .unwrap_or_else(|_| "info,openraft=error".into()),
+            tracing_subscriber::EnvFilter::try_new(format!("openraft=off,{directives}"))
+                .unwrap_or_else(|_| "info,openraft=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::raft::Member;
-use cluster::transport::Transport;
+use cluster::transport::{Transport, TransportError};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft};
 use protocol::cluster::{Channel, JoinAnswer, JoinRequest, Request, Response};
@@ -75,17 +75,23 @@ impl ShardGroups {
                     (l, node)
                 })
             };
-            match leader {
+            let leader = match leader {
                 Some((l, _)) if l == self.node_id => {
-                    // The batch moves into the log: no copy on the common path. Should the
-                    // leadership move in between, the caller retries (with its key, once).
-                    return raft
-                        .client_write(batch)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| write_error(shard, e));
+                    // Cloning a batch shares its points.
+                    match raft.client_write(batch.clone()).await {
+                        Ok(_) => return Ok(()),
+                        // Leadership moved (this node was paused or partitioned): go on with
+                        // the leader it names.
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                            f.leader_id.map(|l| (l, f.leader_node))
+                        }
+                        Err(e) => return Err(write_error(shard, e)),
+                    }
                 }
-                Some((_, Some(node))) => {
+                other => other,
+            };
+            match leader {
+                Some((l, Some(node))) if l != self.node_id => {
                     let addr: SocketAddr = node.quic.parse().map_err(|e| {
                         Error::Internal(format!("leader address {}: {e}", node.quic))
                     })?;
@@ -102,10 +108,14 @@ impl ShardGroups {
                     };
                     match self.transport.call(addr, &request).await {
                         Ok(_) => return Ok(()),
-                        Err(e) if !e.retryable() || started.elapsed() > LEADER_WAIT => {
-                            return Err(Error::Unavailable(format!("shard {shard}: {e}")))
-                        }
-                        Err(_) => {}
+                        // Not delivered, or refused by a node that is no longer the leader:
+                        // nothing was written, so trying again cannot apply it twice.
+                        Err(TransportError::Connect { .. })
+                        | Err(TransportError::Remote { retry: true, .. })
+                            if started.elapsed() <= LEADER_WAIT => {}
+                        // Anything else may have been applied: only the client can retry
+                        // safely (with its idempotency key).
+                        Err(e) => return Err(Error::Unavailable(format!("shard {shard}: {e}"))),
                     }
                 }
                 _ if started.elapsed() > LEADER_WAIT => {

@@ -393,7 +393,10 @@ async fn accept_loop(
             .await
             {
                 Ok(Ok(peer)) => serve_connection(conn, peer, node_id, service).await,
-                Ok(Err(reason)) => {
+                Ok(Err(Handshake::Failed(reason))) => {
+                    debug!(%remote, %reason, "node-to-node handshake did not complete");
+                }
+                Ok(Err(Handshake::Refused(reason))) => {
                     warn!(%remote, %reason, "refused a node-to-node connection");
                     // Give the refusal a moment to reach the caller before closing.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -412,53 +415,39 @@ async fn server_handshake(
     conn: &quinn::Connection,
     node_id: u64,
     secret: &[u8],
-) -> Result<u64, String> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+) -> Result<u64, Handshake> {
+    let failed = |e: String| Handshake::Failed(e);
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| failed(e.to_string()))?;
     let bytes = recv
         .read_to_end(HELLO_MAX)
         .await
-        .map_err(|e| format!("reading hello: {e}"))?;
-    let ekm = exported(conn)?;
-    let (answer, outcome) = match codec::decode::<Hello>(&bytes) {
-        Err(e) => {
-            let reason = format!("malformed hello: {e}");
-            (
-                Welcome::Refused {
-                    reason: reason.clone(),
-                },
-                Err(reason),
-            )
-        }
+        .map_err(|e| failed(format!("reading hello: {e}")))?;
+    let ekm = exported(conn).map_err(failed)?;
+    let refusal = match codec::decode::<Hello>(&bytes) {
+        Err(e) => Err(format!("malformed hello: {e}")),
         Ok(h) if h.version != VERSION => {
-            let reason = format!("protocol version {} is not {VERSION}", h.version);
-            (
-                Welcome::Refused {
-                    reason: reason.clone(),
-                },
-                Err(reason),
-            )
+            Err(format!("protocol version {} is not {VERSION}", h.version))
         }
         Ok(h) if !verify(secret, b"client", h.node_id, &ekm, &h.proof) => {
-            let reason = "wrong cluster secret".to_string();
-            (
-                Welcome::Refused {
-                    reason: reason.clone(),
-                },
-                Err(reason),
-            )
+            Err("wrong cluster secret".to_string())
         }
-        Ok(h) => (
-            Welcome::Accepted {
-                node_id,
-                proof: tag32(proof(secret, b"server", node_id, &ekm)),
-            },
-            Ok(h.node_id),
-        ),
+        Ok(h) => Ok(h.node_id),
     };
-    let bytes = codec::encode(&answer).map_err(|e| e.to_string())?;
-    send.write_all(&bytes).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
-    outcome
+    let answer = match &refusal {
+        Ok(_) => Welcome::Accepted {
+            node_id,
+            proof: tag32(proof(secret, b"server", node_id, &ekm)),
+        },
+        Err(reason) => Welcome::Refused {
+            reason: reason.clone(),
+        },
+    };
+    let bytes = codec::encode(&answer).map_err(|e| failed(e.to_string()))?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    send.finish().map_err(|e| failed(e.to_string()))?;
+    refusal.map_err(Handshake::Refused)
 }
 
 async fn serve_connection(

@@ -134,14 +134,7 @@ async fn converges(node: &Node, want: &std::collections::BTreeMap<String, f64>) 
 #[tokio::test]
 async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
     let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let quic: Vec<String> = (0..3).map(|_| free_quic_addr()).collect();
-    let mut nodes = vec![cluster_node(&dirs[0], &quic[0], None).await];
-    for i in 1..3 {
-        nodes.push(cluster_node(&dirs[i], &quic[i], Some(&quic[0])).await);
-    }
-    let (status, view) = nodes[2].get("/api/v1/cluster").await;
-    assert_eq!(status, 200, "{view}");
+    let (mut nodes, view) = three_nodes(root.path()).await;
     let members = view["nodes"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{view}");
     assert!(
@@ -160,7 +153,10 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
     let mut want = std::collections::BTreeMap::new();
     for b in 0..6 {
         let (status, body) = nodes[b % 3]
-            .ingest(&crate::durability::batch_body(b, 100, base))
+            .ingest_retrying(
+                &crate::durability::batch_body(b, 100, base),
+                &format!("b{b}"),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         want.insert(b.to_string(), 100.0);
@@ -183,8 +179,13 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
     let killed = nodes.remove(victim_index);
     let (victim_dir, _keep) = killed.kill9();
     for b in 6..12 {
+        // A write in flight to the dead leader may fail (503): the client retries with its
+        // key, and the batch counts once.
         let (status, body) = nodes[b % 2]
-            .ingest(&crate::durability::batch_body(b, 100, base))
+            .ingest_retrying(
+                &crate::durability::batch_body(b, 100, base),
+                &format!("b{b}"),
+            )
             .await;
         assert_eq!(status, 200, "write {b} after the leader died: {body}");
         want.insert(b.to_string(), 100.0);
@@ -193,7 +194,68 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
         converges(n, &want).await;
     }
 
-    // The killed node comes back with its data directory and catches up.
-    let back = cluster_node(&victim_dir, &quic[victim_index], None).await;
+    // The killed node comes back with its data directory and its address, and catches up.
+    let quic = members[victim]["quic_addr"].as_str().unwrap().to_owned();
+    let back = cluster_node(&victim_dir, &quic, None).await;
     converges(&back, &want).await;
+}
+
+/// Starts three nodes joined into one cluster; returns them and the view from the last.
+async fn three_nodes(root: &std::path::Path) -> (Vec<Node>, serde_json::Value) {
+    let quic: Vec<String> = (0..3).map(|_| free_quic_addr()).collect();
+    let mut nodes = vec![cluster_node(&root.join("n0"), &quic[0], None).await];
+    for (i, q) in quic.iter().enumerate().skip(1) {
+        nodes.push(cluster_node(&root.join(format!("n{i}")), q, Some(&quic[0])).await);
+    }
+    let (status, view) = nodes[2].get("/api/v1/cluster").await;
+    assert_eq!(status, 200, "{view}");
+    (nodes, view)
+}
+
+#[tokio::test]
+async fn a_paused_leader_is_replaced_and_rejoins_as_follower() {
+    let root = tempfile::tempdir().unwrap();
+    let (nodes, view) = three_nodes(root.path()).await;
+    let base = crate::harness::now_ms() - 60_000;
+    let leader = view["shards"][0]["leader"].as_u64().unwrap();
+    let http = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(leader))
+        .unwrap()["http_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let paused = nodes.iter().position(|n| n.base.ends_with(&http)).unwrap();
+    // SIGSTOP for longer than the election timeout: the others elect new leaders and keep
+    // accepting writes; the paused node, when it wakes, must not undo anything.
+    nodes[paused].signal("STOP");
+    let mut want = std::collections::BTreeMap::new();
+    let others: Vec<&Node> = (0..3).filter(|i| *i != paused).map(|i| &nodes[i]).collect();
+    for b in 0..6 {
+        let (status, body) = others[b % 2]
+            .ingest_retrying(
+                &crate::durability::batch_body(b, 50, base),
+                &format!("p{b}"),
+            )
+            .await;
+        assert_eq!(status, 200, "write {b} while the leader is paused: {body}");
+        want.insert(b.to_string(), 50.0);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    nodes[paused].signal("CONT");
+    for b in 6..9 {
+        let (status, body) = nodes[paused]
+            .ingest_retrying(
+                &crate::durability::batch_body(b, 50, base),
+                &format!("p{b}"),
+            )
+            .await;
+        assert_eq!(status, 200, "write {b} through the woken node: {body}");
+        want.insert(b.to_string(), 50.0);
+    }
+    for n in &nodes {
+        converges(n, &want).await;
+    }
 }

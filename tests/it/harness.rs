@@ -99,6 +99,15 @@ impl Node {
         (self.data_dir.clone(), self._dir.take())
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the node's process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig}");
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
         let pid = self.child.id().to_string();
@@ -130,6 +139,29 @@ impl Node {
             .expect("send");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Ingests with an idempotency key, retrying 503s for up to 15 s like a client riding
+    /// out a failover; returns the last answer.
+    pub async fn ingest_retrying(&self, body: &Value, key: &str) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self
+                .client
+                .post(self.url("/api/v1/ingest"))
+                .bearer_auth(&self.token)
+                .header("Idempotency-Key", key)
+                .json(body)
+                .send()
+                .await
+                .expect("send");
+            let status = r.status().as_u16();
+            let answer = r.json().await.unwrap_or(Value::Null);
+            if status != 503 || Instant::now() > deadline {
+                return (status, answer);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub async fn write_lines(&self, body: &str, precision: &str) -> (u16, Value) {
