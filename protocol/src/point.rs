@@ -119,18 +119,26 @@ const SERIES_SEED: u64 = 0x5075_6c73_6562_6f61; // "Pulseboa"
 /// encoding of the metric and the sorted dimensions (so `("ab","c")` and `("a","bc")` differ).
 /// Stable across versions and machines: a test pins a known value.
 pub fn series_hash(metric: &str, dims: &Dimensions) -> u64 {
-    // Streaming: no allocation per point (this runs for every ingested point, twice).
-    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(SERIES_SEED);
-    let mut put = |s: &str| {
-        h.update(&(s.len() as u32).to_le_bytes());
-        h.update(s.as_bytes());
-    };
-    put(metric);
-    for (k, v) in dims {
-        put(k);
-        put(v);
+    // One-shot over a reused per-thread buffer: the streaming hasher derives its seeded secret
+    // on every construction, which cost more than the hashing (this runs for every ingested
+    // point, twice). Same bytes, same hash.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    h.digest()
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        let mut put = |s: &str| {
+            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        };
+        put(metric);
+        for (k, v) in dims {
+            put(k);
+            put(v);
+        }
+        xxhash_rust::xxh3::xxh3_64_with_seed(&buf, SERIES_SEED)
+    })
 }
 
 /// Which of `shard_count` virtual shards owns the series: Lemire's multiply-shift reduction,
