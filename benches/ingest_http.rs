@@ -14,7 +14,14 @@ use pulseboard::load::{drive, LoadArgs, Wire};
 fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-        .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .args(extra)
         .env("PULSEBOARD_ADMIN_PASSWORD", "bench-password")

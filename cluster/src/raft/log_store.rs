@@ -34,6 +34,8 @@ struct Cache<E> {
     durable: Option<u64>,
     /// Highest index in the log (after truncations), durable or not.
     last: Option<u64>,
+    /// The committed position to write with the next append (see `save_committed`).
+    committed: Option<Vec<u8>>,
 }
 
 impl<E> Cache<E> {
@@ -92,6 +94,7 @@ where
                 bytes: 0,
                 durable: last,
                 last,
+                committed: None,
             })),
         }
     }
@@ -231,13 +234,13 @@ where
         &mut self,
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        // Not awaited: losing the last one in a crash only delays re-applying until the next
-        // commit, which openraft tolerates.
+        // Written with the next append rather than on its own: a record of its own would cost
+        // a group-commit round (an fsync) per commit. Losing the newest one in a crash only
+        // means re-applying a little less at start, until the leader commits again.
         let bytes = protocol::codec::encode(&committed)
             .map_err(|e| err::<C>(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.log
-            .write(self.group, vec![Op::Committed(bytes)], None)
-            .map_err(|e| err::<C>(ErrorSubject::Store, ErrorVerb::Write, e))
+        self.cache().committed = Some(bytes);
+        Ok(())
     }
 
     async fn read_committed(
@@ -263,6 +266,9 @@ where
         let mut newest = None;
         {
             let mut c = self.cache();
+            if let Some(committed) = c.committed.take() {
+                ops.push(Op::Committed(committed));
+            }
             for entry in entries {
                 let index = entry.get_log_id().index;
                 let payload = protocol::codec::encode(&entry)
@@ -278,6 +284,9 @@ where
             }
         }
         let Some(newest) = newest else {
+            if let Some(Op::Committed(bytes)) = ops.pop() {
+                self.cache().committed.get_or_insert(bytes);
+            }
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
