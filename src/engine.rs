@@ -32,16 +32,20 @@ use crate::shard::{
     ShardStats, Watch,
 };
 
-/// Timing of the shard groups: heartbeats every 100 ms, a leader presumed dead after 0.5–1 s.
+/// Timing of the shard groups: heartbeats every 200 ms, a leader presumed dead after
+/// 0.6–1.2 s. openraft 0.9 also uses the heartbeat interval as the timeout of every
+/// append-entries RPC, so a replication message is kept small (16 entries, a few hundred KB
+/// of points) to fit in it on a loaded machine; a larger one would time out and be resent
+/// forever.
 fn raft_config() -> Result<Arc<openraft::Config>> {
     let c = openraft::Config {
         cluster_name: "pulseboard-shards".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: 200,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
         install_snapshot_timeout: 10_000,
         snapshot_max_chunk_size: 4 << 20,
-        max_payload_entries: 256,
+        max_payload_entries: 16,
         // Snapshots are taken on the engine's own schedule (`snapshot_interval`).
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1000,

@@ -286,15 +286,32 @@ impl Drop for Transport {
     }
 }
 
+/// A request's send half: if the call is abandoned (a timeout drops it) before the request
+/// is fully written, the stream is reset, so an unwanted request stops using the link.
+struct Sending(Option<quinn::SendStream>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.0.take() {
+            let _ = s.reset(0u32.into());
+        }
+    }
+}
+
 /// One request/response on a new stream.
 async fn exchange(
     conn: &quinn::Connection,
     request: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(request).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
+    let (send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut sending = Sending(Some(send));
+    if let Some(send) = sending.0.as_mut() {
+        send.write_all(request).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+    }
+    // Fully written and finished: from here a dropped call leaves the request to complete.
+    sending.0 = None;
     recv.read_to_end(limit).await.map_err(|e| e.to_string())
 }
 
