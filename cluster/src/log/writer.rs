@@ -18,6 +18,9 @@ use super::{Counters, Done, FsyncMode, LogConfig, LogError, Msg, Op, MAGIC};
 
 pub type Groups = Arc<Mutex<HashMap<u32, GroupIndex>>>;
 
+/// How long a round waits for more records once the queue is empty (fsync mode only).
+const LINGER: std::time::Duration = std::time::Duration::from_micros(300);
+
 /// A record of the current round, to fold into the group index once durable.
 struct Written {
     group: u32,
@@ -119,6 +122,7 @@ impl Writer {
                 Err(_) => return, // every sender is gone
             };
             let mut next = Some(first);
+            let mut lingered = false;
             // Drain what is queued into one round, up to the byte cap.
             while let Some(msg) = next.take() {
                 match msg {
@@ -152,6 +156,13 @@ impl Writer {
                     break;
                 }
                 next = rx.try_recv().ok();
+                if next.is_none() && !lingered && self.config.fsync == FsyncMode::Always {
+                    // Many Raft groups append for one request, each from its own task, a few
+                    // microseconds apart: wait a moment for the stragglers so one fsync covers
+                    // them all, instead of one round (and one fsync) per wave.
+                    lingered = true;
+                    next = rx.recv_timeout(LINGER).ok();
+                }
             }
             if !self.written.is_empty() {
                 if let Err(e) = self.commit() {
