@@ -32,17 +32,17 @@ use crate::shard::{
     ShardStats, Watch,
 };
 
-/// Timing of the shard groups: heartbeats every 200 ms, a leader presumed dead after
-/// 0.6–1.2 s. openraft 0.9 also uses the heartbeat interval as the timeout of every
+/// Timing of the shard groups: heartbeats every 150 ms, a leader presumed dead after
+/// 0.45–0.9 s. openraft 0.9 also uses the heartbeat interval as the timeout of every
 /// append-entries RPC, so a replication message is kept small (16 entries, a few hundred KB
 /// of points) to fit in it on a loaded machine; a larger one would time out and be resent
 /// forever.
 fn raft_config() -> Result<Arc<openraft::Config>> {
     let c = openraft::Config {
         cluster_name: "pulseboard-shards".into(),
-        heartbeat_interval: 200,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
+        heartbeat_interval: 150,
+        election_timeout_min: 450,
+        election_timeout_max: 900,
         install_snapshot_timeout: 10_000,
         snapshot_max_chunk_size: 4 << 20,
         max_payload_entries: 16,

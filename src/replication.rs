@@ -106,7 +106,30 @@ impl ShardGroups {
                         group: shard,
                         body: encoded.clone().unwrap_or_default(),
                     };
-                    match self.transport.call(addr, &request).await {
+                    // A dead leader does not answer until its connection times out; the
+                    // election that replaces it is the sooner sign. Waiting for either:
+                    let mut metrics = raft.metrics();
+                    let deposed = async move {
+                        loop {
+                            if metrics.changed().await.is_err() {
+                                return;
+                            }
+                            if metrics.borrow().current_leader != Some(l) {
+                                return;
+                            }
+                        }
+                    };
+                    let answer = tokio::select! {
+                        answer = self.transport.call(addr, &request) => answer,
+                        () = deposed => {
+                            // It may have committed before it lost leadership: only the client
+                            // can retry safely.
+                            return Err(Error::Unavailable(format!(
+                                "shard {shard}: its leader changed while the write was in flight; retry"
+                            )));
+                        }
+                    };
+                    match answer {
                         Ok(_) => return Ok(()),
                         // Not delivered, or refused by a node that is no longer the leader:
                         // nothing was written, so trying again cannot apply it twice.
