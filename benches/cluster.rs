@@ -5,64 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
+use common::{free_quic, start_cluster_node, PASSWORD};
 use pulseboard::load::{drive, LoadArgs, Summary, Wire};
-
-const PASSWORD: &str = "bench-password";
-const SECRET: &str = "bench cluster shared secret";
-
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_quic() -> String {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().to_string()
-}
-
-fn start(dir: &std::path::Path, quic: &str, join: Option<&str>) -> Node {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulseboard"));
-    cmd.args([
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--quic",
-        quic,
-        "--data-dir",
-    ])
-    .arg(dir)
-    .args(["--cluster-secret", SECRET])
-    .env("PULSEBOARD_ADMIN_PASSWORD", PASSWORD)
-    .env("PULSEBOARD_LOG", "warn")
-    .stdout(Stdio::piped());
-    if let Some(peer) = join {
-        cmd.args(["--join", peer]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut addr = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("pulseboard ready: http://") {
-            addr = rest.split_whitespace().next().unwrap().to_owned();
-            break;
-        }
-    }
-    Node {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
 
 fn args(url: &str, points: u64, connections: u64) -> LoadArgs {
     LoadArgs {
@@ -94,7 +42,7 @@ fn main() {
     let points = 2_000_000;
 
     let dir = tempfile::tempdir().unwrap();
-    let single = start(&dir.path().join("single"), &free_quic(), None);
+    let single = start_cluster_node(&dir.path().join("single"), &free_quic(), None);
     let one = rt.block_on(async {
         drive(&args(&single.base, 100_000, 4)).await.unwrap();
         drive(&args(&single.base, points, 4)).await.unwrap()
@@ -103,9 +51,13 @@ fn main() {
     report("1 node", &one);
 
     let quic: Vec<String> = (0..3).map(|_| free_quic()).collect();
-    let mut nodes = vec![start(&dir.path().join("n0"), &quic[0], None)];
+    let mut nodes = vec![start_cluster_node(&dir.path().join("n0"), &quic[0], None)];
     for (i, q) in quic.iter().enumerate().skip(1) {
-        nodes.push(start(&dir.path().join(format!("n{i}")), q, Some(&quic[0])));
+        nodes.push(start_cluster_node(
+            &dir.path().join(format!("n{i}")),
+            q,
+            Some(&quic[0]),
+        ));
     }
     std::thread::sleep(Duration::from_secs(1));
     let via_one = rt.block_on(async {

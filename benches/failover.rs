@@ -7,68 +7,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{free_quic, start_cluster_node, PASSWORD};
 use serde_json::{json, Value};
-
-const PASSWORD: &str = "bench-password";
-const SECRET: &str = "bench cluster shared secret";
-
-struct Node {
-    child: Child,
-    base: String,
-    dir: std::path::PathBuf,
-    quic: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_quic() -> String {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().to_string()
-}
-
-fn start(dir: &std::path::Path, quic: &str, join: Option<&str>) -> Node {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulseboard"));
-    cmd.args([
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--quic",
-        quic,
-        "--data-dir",
-    ])
-    .arg(dir)
-    .args(["--cluster-secret", SECRET])
-    .env("PULSEBOARD_ADMIN_PASSWORD", PASSWORD)
-    .env("PULSEBOARD_LOG", "error")
-    .stdout(Stdio::piped());
-    if let Some(peer) = join {
-        cmd.args(["--join", peer]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut addr = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("pulseboard ready: http://") {
-            addr = rest.split_whitespace().next().unwrap().to_owned();
-            break;
-        }
-    }
-    Node {
-        child,
-        base: format!("http://{addr}"),
-        dir: dir.to_path_buf(),
-        quic: quic.to_owned(),
-    }
-}
 
 async fn token(client: &reqwest::Client, base: &str) -> String {
     let r: Value = client
@@ -143,9 +87,13 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let root = tempfile::tempdir().unwrap();
     let quic: Vec<String> = (0..3).map(|_| free_quic()).collect();
-    let mut nodes = vec![start(&root.path().join("n0"), &quic[0], None)];
+    let mut nodes = vec![start_cluster_node(&root.path().join("n0"), &quic[0], None)];
     for (i, q) in quic.iter().enumerate().skip(1) {
-        nodes.push(start(&root.path().join(format!("n{i}")), q, Some(&quic[0])));
+        nodes.push(start_cluster_node(
+            &root.path().join(format!("n{i}")),
+            q,
+            Some(&quic[0]),
+        ));
     }
     let client = reqwest::Client::new();
     let host = host_on_shard_0();
@@ -195,7 +143,7 @@ fn main() {
                 "round {round}: failover {:.0} ms",
                 took.as_secs_f64() * 1000.0
             );
-            nodes[victim] = start(&dir, &q, None);
+            nodes[victim] = start_cluster_node(&dir, &q, None);
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });

@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "bench-password";
+pub const PASSWORD: &str = "bench-password";
+pub const CLUSTER_SECRET: &str = "bench cluster shared secret";
 
 pub struct Server {
     child: Child,
@@ -75,4 +76,62 @@ pub fn cpu_seconds(server: &Server) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A node of a bench cluster: its QUIC address is chosen by the bench and kept across
+/// restarts (the other members know it by that address).
+pub struct ClusterNode {
+    pub child: Child,
+    pub base: String,
+    pub dir: std::path::PathBuf,
+    pub quic: String,
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free UDP port on loopback.
+pub fn free_quic() -> String {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().to_string()
+}
+
+/// Starts (or restarts) a cluster node; with `join`, a fresh one joins that member.
+pub fn start_cluster_node(dir: &std::path::Path, quic: &str, join: Option<&str>) -> ClusterNode {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulseboard"));
+    cmd.args([
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--quic",
+        quic,
+        "--data-dir",
+    ])
+    .arg(dir)
+    .args(["--cluster-secret", CLUSTER_SECRET])
+    .env("PULSEBOARD_ADMIN_PASSWORD", PASSWORD)
+    .env("PULSEBOARD_LOG", "error")
+    .stdout(Stdio::piped());
+    if let Some(peer) = join {
+        cmd.args(["--join", peer]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("pulseboard ready: http://") {
+            addr = rest.split_whitespace().next().unwrap().to_owned();
+            break;
+        }
+    }
+    ClusterNode {
+        child,
+        base: format!("http://{addr}"),
+        dir: dir.to_path_buf(),
+        quic: quic.to_owned(),
+    }
 }

@@ -66,20 +66,25 @@ pub fn write(dir: &Path, shard: u32, bytes: &[u8]) -> Result<(), SnapshotError> 
     Ok(())
 }
 
+/// The file's bytes, or `None` when there is no file.
+fn read_file(p: &Path) -> Result<Option<Vec<u8>>, SnapshotError> {
+    match fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SnapshotError::Io {
+            op: "read",
+            path: p.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Reads the snapshot of `shard`, if there is one. A damaged snapshot is an error, not an
 /// empty shard: the log it allowed to be released is gone, so starting empty would lose data.
 pub fn read(dir: &Path, shard: u32) -> Result<Option<ShardState>, SnapshotError> {
     let p = path(dir, shard);
-    let bytes = match fs::read(&p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SnapshotError::Io {
-                op: "read",
-                path: p,
-                source,
-            })
-        }
+    let Some(bytes) = read_file(&p)? else {
+        return Ok(None);
     };
     decode(&bytes, shard)
         .map(Some)
@@ -101,16 +106,8 @@ pub type RawSnapshot = (Vec<u8>, Vec<u8>);
 /// decoding the series.
 pub fn read_raw(dir: &Path, shard: u32) -> Result<Option<RawSnapshot>, SnapshotError> {
     let p = path(dir, shard);
-    let bytes = match fs::read(&p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SnapshotError::Io {
-                op: "read",
-                path: p,
-                source,
-            })
-        }
+    let Some(bytes) = read_file(&p)? else {
+        return Ok(None);
     };
     let body = check(&bytes).map_err(|reason| SnapshotError::Corrupt {
         path: p.clone(),
