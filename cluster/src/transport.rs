@@ -327,28 +327,28 @@ fn exported(conn: &quinn::Connection) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-fn proof(secret: &[u8], role: &[u8], node_id: u64, exported: &[u8; 32]) -> ring::hmac::Tag {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let mut ctx = ring::hmac::Context::with_key(&key);
-    ctx.update(role);
-    ctx.update(&node_id.to_le_bytes());
-    ctx.update(exported);
-    ctx.sign()
-}
-
-fn verify(secret: &[u8], role: &[u8], node_id: u64, exported: &[u8; 32], got: &[u8; 32]) -> bool {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+/// What a handshake proof covers: the prover's role, its node id, the session's keying material.
+fn proof_message(role: &[u8], node_id: u64, exported: &[u8; 32]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(role.len() + 8 + 32);
     msg.extend_from_slice(role);
     msg.extend_from_slice(&node_id.to_le_bytes());
     msg.extend_from_slice(exported);
-    ring::hmac::verify(&key, &msg, got).is_ok()
+    msg
 }
 
-fn tag32(tag: ring::hmac::Tag) -> [u8; 32] {
+/// HMAC-SHA256 under the cluster secret.
+fn proof(secret: &[u8], role: &[u8], node_id: u64, exported: &[u8; 32]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, &proof_message(role, node_id, exported));
     let mut out = [0u8; 32];
     out.copy_from_slice(&tag.as_ref()[..32]);
     out
+}
+
+/// Checks a proof in constant time.
+fn verify(secret: &[u8], role: &[u8], node_id: u64, exported: &[u8; 32], got: &[u8; 32]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::verify(&key, &proof_message(role, node_id, exported), got).is_ok()
 }
 
 async fn client_handshake(
@@ -360,7 +360,7 @@ async fn client_handshake(
     let hello = Hello {
         version: VERSION,
         node_id,
-        proof: tag32(proof(secret, b"client", node_id, &ekm)),
+        proof: proof(secret, b"client", node_id, &ekm),
     };
     let bytes = codec::encode(&hello).map_err(|e| Handshake::Failed(e.to_string()))?;
     let answer = exchange(conn, &bytes, HELLO_MAX)
@@ -453,7 +453,7 @@ async fn server_handshake(
     let answer = match &refusal {
         Ok(_) => Welcome::Accepted {
             node_id,
-            proof: tag32(proof(secret, b"server", node_id, &ekm)),
+            proof: proof(secret, b"server", node_id, &ekm),
         },
         Err(reason) => Welcome::Refused {
             reason: reason.clone(),
