@@ -68,14 +68,7 @@ impl ShardGroups {
         let started = Instant::now();
         let mut encoded: Option<Vec<u8>> = None;
         loop {
-            let leader = {
-                let m = raft.metrics().borrow().clone();
-                m.current_leader.map(|l| {
-                    let node = m.membership_config.membership().get_node(&l).cloned();
-                    (l, node)
-                })
-            };
-            let leader = match leader {
+            let leader = match leader_of(raft) {
                 Some((l, _)) if l == self.node_id => {
                     // Cloning a batch shares its points.
                     match raft.client_write(batch.clone()).await {
@@ -203,10 +196,7 @@ impl ShardGroups {
             let raft = self.raft(shard)?;
             let m = raft.metrics().borrow().clone();
             if m.current_leader != Some(self.node_id) {
-                match m
-                    .current_leader
-                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-                {
+                match leader_of(raft).and_then(|(_, node)| node) {
                     Some(leader) if hops < 2 => {
                         elsewhere.entry(leader.quic).or_default().push(shard)
                     }
@@ -374,6 +364,16 @@ impl ShardGroups {
             shards,
         }
     }
+}
+
+/// The group's leader as this node knows it, and its address when it is a member. Reads the
+/// metrics in place (this runs for every shard of every write).
+fn leader_of(raft: &Raft<ShardRaft>) -> Option<(u64, Option<Member>)> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let leader = m.current_leader?;
+    let node = m.membership_config.membership().get_node(&leader).cloned();
+    Some((leader, node))
 }
 
 pub fn write_error(shard: u32, e: WriteError) -> Error {
