@@ -2,8 +2,9 @@
 //!
 //! # On disk
 //! `<dir>/<segment id, 20 digits>.wal`, each starting with [`MAGIC`]. A record is
-//! `[len: u32][crc32: u32][group: u32][index: u64][payload]`, little endian, where `len`
-//! counts group, index and payload and the CRC covers the same bytes.
+//! `[len: u32][crc32: u32][tag: u32][index: u64][payload]`, little endian, where `len`
+//! counts tag, index and payload and the CRC covers the same bytes. The tag holds the group
+//! (bits 0..28), the record's kind (bits 28..31) and the end-of-write flag (bit 31).
 //!
 //! # Writing
 //! [`SharedLog::write`] puts one group's changes ([`Op`]s: entries with the caller's indices,
@@ -40,7 +41,8 @@ use std::time::Duration;
 pub use recovery::{RecoveryReport, Truncation};
 
 /// First bytes of every segment file.
-pub const MAGIC: &[u8; 8] = b"PBWAL001";
+/// 002: record kinds and Raft indices (001 was the log before Raft; it is refused by name).
+pub const MAGIC: &[u8; 8] = b"PBWAL002";
 /// Bytes of a record's frame before the payload.
 pub const RECORD_HEADER: usize = 4 + 4 + 4 + 8;
 /// The largest payload accepted; also what recovery believes before allocating.

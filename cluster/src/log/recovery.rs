@@ -112,7 +112,13 @@ pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
                     offset: end_offset - payload.len() as u64,
                     len: payload.len() as u32,
                 };
-                unit.push((group, kind, index, payload.to_vec(), loc));
+                // An entry's payload stays on disk; only bookkeeping records keep theirs.
+                let payload = if kind == Kind::Entry {
+                    Vec::new()
+                } else {
+                    payload.to_vec()
+                };
+                unit.push((group, kind, index, payload, loc));
                 if !unit_end {
                     return Ok(());
                 }
@@ -219,10 +225,19 @@ fn scan_segment(
         });
     }
     if &magic != MAGIC {
+        let reason = if magic[..5] == MAGIC[..5] {
+            format!(
+                "written by an older Pulseboard (format {}); this version reads {}: start from an empty data directory",
+                String::from_utf8_lossy(&magic),
+                String::from_utf8_lossy(MAGIC)
+            )
+        } else {
+            "not a Pulseboard log segment (bad header)".into()
+        };
         return Err(LogError::Corrupt {
             path: path.to_path_buf(),
             offset: 0,
-            reason: "not a Pulseboard log segment (bad header)".into(),
+            reason,
         });
     }
     let mut offset = MAGIC.len() as u64;

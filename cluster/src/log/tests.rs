@@ -238,6 +238,13 @@ fn damage_before_the_last_segment_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(segment::path(dir.path(), 1), b"hello world, not a log").unwrap();
     assert!(SharedLog::open(config(dir.path())).is_err());
+    // A log written before Raft is refused by name, not misread.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(segment::path(dir.path(), 1), b"PBWAL001").unwrap();
+    let err = SharedLog::open(config(dir.path()))
+        .err()
+        .expect("old format");
+    assert!(err.to_string().contains("older Pulseboard"), "{err}");
 }
 
 #[test]
