@@ -107,7 +107,7 @@ impl Actor for Shard {
                                 st.watchers.emit(st.state.shard(), &batch);
                             }
                         }
-                        None => st.state.advance(index, Vec::new()),
+                        None => st.state.advance(index),
                     }
                 }
                 st.state.set_raft_meta(raft_meta);

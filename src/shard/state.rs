@@ -210,9 +210,8 @@ impl ShardState {
     }
 
     /// Records a log position that carries no points (a Raft blank or membership entry).
-    pub fn advance(&mut self, index: u64, raft_meta: Vec<u8>) {
+    pub fn advance(&mut self, index: u64) {
         self.applied_index = self.applied_index.max(index);
-        self.raft_meta = raft_meta;
     }
 
     pub fn set_raft_meta(&mut self, raft_meta: Vec<u8>) {
