@@ -152,52 +152,60 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
     let base = crate::harness::now_ms() - 60_000;
     let mut want = std::collections::BTreeMap::new();
     for b in 0..6 {
-        let (status, body) = nodes[b % 3]
-            .ingest_retrying(
-                &crate::durability::batch_body(b, 100, base),
-                &format!("b{b}"),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        want.insert(b.to_string(), 100.0);
+        write_batch(&nodes[b % 3], b, 100, base, &mut want).await;
     }
     for n in &nodes {
         converges(n, &want).await;
     }
 
     // Kill -9 the node that leads shard 0; writes through the others go on after an election.
-    let leader: u64 = view["shards"][0]["leader"].as_u64().unwrap();
-    let victim = members
-        .iter()
-        .position(|m| m["id"].as_u64() == Some(leader))
-        .expect("leader is a member");
-    let victim_http = members[victim]["http_addr"].as_str().unwrap().to_owned();
-    let victim_index = nodes
-        .iter()
-        .position(|n| n.base.ends_with(&victim_http))
-        .expect("victim is one of ours");
+    let (victim_index, victim_quic) = shard_0_leader(&nodes, &view);
     let killed = nodes.remove(victim_index);
     let (victim_dir, _keep) = killed.kill9();
     for b in 6..12 {
         // A write in flight to the dead leader may fail (503): the client retries with its
         // key, and the batch counts once.
-        let (status, body) = nodes[b % 2]
-            .ingest_retrying(
-                &crate::durability::batch_body(b, 100, base),
-                &format!("b{b}"),
-            )
-            .await;
-        assert_eq!(status, 200, "write {b} after the leader died: {body}");
-        want.insert(b.to_string(), 100.0);
+        write_batch(&nodes[b % 2], b, 100, base, &mut want).await;
     }
     for n in &nodes {
         converges(n, &want).await;
     }
 
     // The killed node comes back with its data directory and its address, and catches up.
-    let quic = members[victim]["quic_addr"].as_str().unwrap().to_owned();
-    let back = cluster_node(&victim_dir, &quic, None).await;
+    let back = cluster_node(&victim_dir, &victim_quic, None).await;
     converges(&back, &want).await;
+}
+
+/// Writes batch `b` of `size` points through `node` like a client riding out a failover
+/// (idempotency key, retries on 503) and records what every node must then count.
+async fn write_batch(
+    node: &Node,
+    b: usize,
+    size: usize,
+    base: i64,
+    want: &mut std::collections::BTreeMap<String, f64>,
+) {
+    let body = crate::durability::batch_body(b, size, base);
+    let (status, answer) = node.ingest_retrying(&body, &format!("b{b}")).await;
+    assert_eq!(status, 200, "write {b} through {}: {answer}", node.base);
+    want.insert(b.to_string(), size as f64);
+}
+
+/// Which of `nodes` leads shard 0 in `view`, and its QUIC address.
+fn shard_0_leader(nodes: &[Node], view: &serde_json::Value) -> (usize, String) {
+    let leader = view["shards"][0]["leader"].as_u64().unwrap();
+    let member = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(leader))
+        .expect("the leader is a member");
+    let http = member["http_addr"].as_str().unwrap();
+    let index = nodes
+        .iter()
+        .position(|n| n.base.ends_with(http))
+        .expect("the leader is one of ours");
+    (index, member["quic_addr"].as_str().unwrap().to_owned())
 }
 
 /// Starts three nodes joined into one cluster; returns them and the view from the last.
@@ -217,43 +225,19 @@ async fn a_paused_leader_is_replaced_and_rejoins_as_follower() {
     let root = tempfile::tempdir().unwrap();
     let (nodes, view) = three_nodes(root.path()).await;
     let base = crate::harness::now_ms() - 60_000;
-    let leader = view["shards"][0]["leader"].as_u64().unwrap();
-    let http = view["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"].as_u64() == Some(leader))
-        .unwrap()["http_addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let paused = nodes.iter().position(|n| n.base.ends_with(&http)).unwrap();
+    let (paused, _) = shard_0_leader(&nodes, &view);
     // SIGSTOP for longer than the election timeout: the others elect new leaders and keep
     // accepting writes; the paused node, when it wakes, must not undo anything.
     nodes[paused].signal("STOP");
     let mut want = std::collections::BTreeMap::new();
     let others: Vec<&Node> = (0..3).filter(|i| *i != paused).map(|i| &nodes[i]).collect();
     for b in 0..6 {
-        let (status, body) = others[b % 2]
-            .ingest_retrying(
-                &crate::durability::batch_body(b, 50, base),
-                &format!("p{b}"),
-            )
-            .await;
-        assert_eq!(status, 200, "write {b} while the leader is paused: {body}");
-        want.insert(b.to_string(), 50.0);
+        write_batch(others[b % 2], b, 50, base, &mut want).await;
     }
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     nodes[paused].signal("CONT");
     for b in 6..9 {
-        let (status, body) = nodes[paused]
-            .ingest_retrying(
-                &crate::durability::batch_body(b, 50, base),
-                &format!("p{b}"),
-            )
-            .await;
-        assert_eq!(status, 200, "write {b} through the woken node: {body}");
-        want.insert(b.to_string(), 50.0);
+        write_batch(&nodes[paused], b, 50, base, &mut want).await;
     }
     for n in &nodes {
         converges(n, &want).await;
