@@ -53,7 +53,7 @@ fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
             metric: "bench".into(),
             json: true,
         };
-        // A short warm-up, then the measured run.
+        // A short warm-up (10 requests), then the measured run.
         drive(&LoadArgs {
             points: 100_000,
             ..args.clone()
@@ -94,13 +94,14 @@ fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
         summary.points_per_second, summary.latency_ms_p50, summary.latency_ms_p99, summary.errors
     );
     println!(
-        "  server after {:.0} points in {:.0} series: peak RSS {:.0} MiB, RSS {:.0} MiB, raw points {:.2} bytes/point, rollups {:.1} MiB",
+        "  server after {:.0} points in {:.0} series: peak RSS {:.0} MiB, RSS {:.0} MiB, raw points {:.2} bytes/point, rollups {:.1} MiB, {:.1} fsyncs per request (warm-up included)",
         gauge("pulseboard_raw_points"),
         gauge("pulseboard_series"),
         kib("VmHWM:") / 1024.0,
         kib("VmRSS:") / 1024.0,
         gauge("pulseboard_raw_bytes_per_point"),
-        gauge("pulseboard_rollup_bytes") / 1048576.0
+        gauge("pulseboard_rollup_bytes") / 1048576.0,
+        gauge("pulseboard_wal_syncs_total") / (summary.requests + 10) as f64
     );
     std::thread::sleep(Duration::from_millis(200));
 }
