@@ -89,16 +89,11 @@ pub trait Service: Send + Sync + 'static {
     fn serve(&self, from: u64, request: Request) -> Reply;
 }
 
-struct Conn {
-    conn: quinn::Connection,
-    node_id: u64,
-}
-
 pub struct Transport {
     endpoint: quinn::Endpoint,
     config: TransportConfig,
     /// One connection per peer address; the async lock serializes (re)connecting to a peer.
-    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Conn>>>>>,
+    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -134,10 +129,6 @@ impl Transport {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().unwrap_or(self.config.listen)
-    }
-
-    pub fn node_id(&self) -> u64 {
-        self.config.node_id
     }
 
     /// Sends `request` to the node at `addr` and returns its answer's body.
@@ -214,7 +205,7 @@ impl Transport {
         }
     }
 
-    fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Option<Conn>>> {
+    fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Option<quinn::Connection>>> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.entry(addr).or_default().clone()
     }
@@ -224,7 +215,7 @@ impl Transport {
         if let Ok(mut guard) = slot.try_lock() {
             if guard
                 .as_ref()
-                .is_some_and(|c| c.conn.stable_id() == dead.stable_id())
+                .is_some_and(|c| c.stable_id() == dead.stable_id())
             {
                 *guard = None;
             }
@@ -236,8 +227,8 @@ impl Transport {
         let slot = self.slot(addr);
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref() {
-            if c.conn.close_reason().is_none() {
-                return Ok(c.conn.clone());
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
             }
         }
         *guard = None;
@@ -259,18 +250,8 @@ impl Transport {
                 Handshake::Failed(reason) => TransportError::Stream { addr, reason },
             })?;
         debug!(%addr, peer = node_id, "connected");
-        *guard = Some(Conn {
-            conn: conn.clone(),
-            node_id,
-        });
+        *guard = Some(conn.clone());
         Ok(conn)
-    }
-
-    /// The node id of the peer at `addr`, if connected.
-    pub fn peer_id(&self, addr: SocketAddr) -> Option<u64> {
-        let slot = self.slot(addr);
-        let id = slot.try_lock().ok()?.as_ref().map(|c| c.node_id);
-        id
     }
 
     pub async fn shutdown(&self) {
