@@ -46,6 +46,9 @@ pub struct ClusterConfig {
     pub secret: Option<String>,
     /// Voting replicas per shard (nodes beyond it replicate as learners).
     pub replication_factor: usize,
+    /// The QUIC address other nodes reach this one at, when it differs from the listen
+    /// address (NAT, containers, a relay in front of the node). Default: the listen address.
+    pub advertise: Option<SocketAddr>,
 }
 
 impl Default for ClusterConfig {
@@ -53,6 +56,7 @@ impl Default for ClusterConfig {
         Self {
             secret: None,
             replication_factor: 3,
+            advertise: None,
         }
     }
 }

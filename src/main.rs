@@ -49,6 +49,9 @@ struct ServeArgs {
     /// Data directory [default: ./pulseboard-data].
     #[arg(long, env = "PULSEBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The QUIC address other nodes reach this one at, if not the listen address.
+    #[arg(long, env = "PULSEBOARD_ADVERTISE")]
+    advertise: Option<SocketAddr>,
     /// QUIC address of a node of the cluster to join.
     #[arg(long, env = "PULSEBOARD_JOIN")]
     join: Option<SocketAddr>,
@@ -152,6 +155,9 @@ async fn serve(mut args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     }
     if let Some(v) = args.join {
         config.join = Some(v);
+    }
+    if let Some(v) = args.advertise {
+        config.cluster.advertise = Some(v);
     }
     if let Some(v) = args.shards {
         config.storage.shards = v;

@@ -167,6 +167,7 @@ pub struct Membership {
     pub router: Arc<Router>,
     groups: Arc<OnceLock<Arc<ShardGroups>>>,
     http_addr: SocketAddr,
+    advertise: Option<SocketAddr>,
 }
 
 /// `GET /api/v1/cluster` (SPEC §3).
@@ -214,6 +215,7 @@ impl Membership {
             router,
             groups,
             http_addr,
+            advertise: config.cluster.advertise,
         })
     }
 
@@ -221,10 +223,13 @@ impl Membership {
         self.transport.local_addr()
     }
 
-    /// This node as its Raft groups know it.
+    /// This node as its Raft groups know it: at its advertised QUIC address.
     pub fn member(&self) -> cluster::raft::Member {
         cluster::raft::Member {
-            quic: self.quic_addr().to_string(),
+            quic: self
+                .advertise
+                .unwrap_or_else(|| self.quic_addr())
+                .to_string(),
             http: self.http_addr.to_string(),
         }
     }

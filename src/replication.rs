@@ -71,7 +71,16 @@ impl ShardGroups {
             let leader = match leader_of(raft) {
                 Some((l, _)) if l == self.node_id => {
                     // Cloning a batch shares its points.
-                    match raft.client_write(batch.clone()).await {
+                    let write = raft.client_write(batch.clone());
+                    // A leader cut off from its peers cannot commit; it finds out only when
+                    // the partition heals. The client hears of it well before then.
+                    let Ok(written) = tokio::time::timeout(LEADER_WAIT, write).await else {
+                        return Err(Error::Unavailable(format!(
+                            "shard {shard}: not committed within {} s (this node may be cut off from its peers); retry",
+                            LEADER_WAIT.as_secs()
+                        )));
+                    };
+                    match written {
                         Ok(_) => return Ok(()),
                         // Leadership moved (this node was paused or partitioned): go on with
                         // the leader it names.

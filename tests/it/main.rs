@@ -7,6 +7,7 @@
 mod alerts;
 mod auth;
 mod browser;
+mod chaos;
 mod cli;
 mod cluster;
 mod dashboards;

@@ -1,0 +1,222 @@
+//! The checker: after a scenario, asks every running node for every point the workload
+//! sent (one 1 ms bucket per point) and for 1 s sums, and verifies that each acknowledged
+//! point is there exactly once, nothing is there twice or was never sent, and the rollup sums
+//! agree with the points.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use serde_json::Value;
+
+use crate::cluster::{login, Cluster};
+use crate::workload::{Record, METRIC};
+
+/// One node's view of the workload's points.
+#[derive(Clone, Debug, Default)]
+pub struct Check {
+    pub node: usize,
+    pub acked: u64,
+    pub uncertain: u64,
+    pub present: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub phantom: u64,
+    pub sum_mismatches: u64,
+    pub problems: Vec<String>,
+}
+
+impl Check {
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < 20 {
+            self.problems.push(p);
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.phantom == 0 && self.sum_mismatches == 0
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "node {}: {} acknowledged, {} uncertain, {} present; lost {}, duplicated {}, never sent {}, 1 s sums wrong {}",
+            self.node,
+            self.acked,
+            self.uncertain,
+            self.present,
+            self.lost,
+            self.duplicated,
+            self.phantom,
+            self.sum_mismatches
+        )?;
+        for p in self.problems.iter().take(5) {
+            write!(f, "\n    {p}")?;
+        }
+        Ok(())
+    }
+}
+
+const CHUNK_MS: i64 = 100_000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Sent {
+    Never,
+    Acked,
+    Uncertain,
+}
+
+/// Checks every running node, giving each up to `within` to converge.
+pub async fn check(
+    cluster: &Cluster,
+    record: &Record,
+    t0_ms: i64,
+    within: Duration,
+) -> Result<Vec<Check>> {
+    let mut sent = vec![Sent::Never; record.next_id as usize];
+    let mut mark = |first: u64, n: u32, how: Sent| {
+        for id in first..first + u64::from(n) {
+            if let Some(s) = sent.get_mut(id as usize) {
+                *s = how;
+            }
+        }
+    };
+    for b in &record.acked {
+        mark(b.first, b.n, Sent::Acked);
+    }
+    for b in &record.uncertain {
+        mark(b.first, b.n, Sent::Uncertain);
+    }
+    for (&first, &n) in &record.in_flight {
+        mark(first, n, Sent::Uncertain);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut out = Vec::new();
+    for i in cluster.running() {
+        let base = cluster.nodes[i].base();
+        let deadline = Instant::now() + within;
+        loop {
+            let result = check_node(&client, &base, i, &sent, t0_ms).await;
+            match result {
+                Ok(c) if c.ok() || Instant::now() > deadline => {
+                    out.push(c);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("checking node {i}")))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn query(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    start: i64,
+    end: i64,
+    granularity: &str,
+    aggregation: &str,
+) -> Result<Vec<(i64, f64)>> {
+    let url = format!(
+        "{base}/api/v1/metrics/{METRIC}/data?start={start}&end={end}&granularity={granularity}&aggregation={aggregation}"
+    );
+    let r = client.get(&url).bearer_auth(token).send().await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        return Err(anyhow!("{url}: {status} {v}"));
+    }
+    let mut points = Vec::new();
+    for s in v["series"].as_array().into_iter().flatten() {
+        for p in s["points"].as_array().into_iter().flatten() {
+            let ts = p[0].as_i64().ok_or_else(|| anyhow!("bad point {p}"))?;
+            let value = p[1].as_f64().ok_or_else(|| anyhow!("bad point {p}"))?;
+            points.push((ts, value));
+        }
+    }
+    Ok(points)
+}
+
+async fn check_node(
+    client: &reqwest::Client,
+    base: &str,
+    node: usize,
+    sent: &[Sent],
+    t0_ms: i64,
+) -> Result<Check> {
+    let token = login(client, base).await?;
+    let ids = sent.len() as i64;
+    let mut count = vec![0u64; sent.len()];
+    let mut c = Check {
+        node,
+        ..Check::default()
+    };
+    let mut start = t0_ms;
+    while start < t0_ms + ids {
+        let end = (start + CHUNK_MS).min(t0_ms + ids);
+        for (ts, n) in query(client, base, &token, start, end, "1ms", "count").await? {
+            let id = ts - t0_ms;
+            match count.get_mut(id as usize) {
+                Some(slot) if id >= 0 => *slot += n as u64,
+                _ => {
+                    c.phantom += n as u64;
+                    c.problem(format!("point at {ts} is outside the workload's range"));
+                }
+            }
+        }
+        start = end;
+    }
+    let mut expected_sums: BTreeMap<i64, f64> = BTreeMap::new();
+    for (id, (&n, &s)) in count.iter().zip(sent).enumerate() {
+        match s {
+            Sent::Acked => c.acked += 1,
+            Sent::Uncertain => c.uncertain += 1,
+            Sent::Never => {}
+        }
+        if n > 0 {
+            c.present += 1;
+            let ts = t0_ms + id as i64;
+            *expected_sums.entry(ts.div_euclid(1000) * 1000).or_default() += n as f64 * id as f64;
+        }
+        if n > 1 {
+            c.duplicated += 1;
+            c.problem(format!("id {id} is there {n} times"));
+        } else if n == 1 && s == Sent::Never {
+            c.phantom += 1;
+            c.problem(format!("id {id} is there but was never sent"));
+        } else if n == 0 && s == Sent::Acked {
+            c.lost += 1;
+            c.problem(format!("acknowledged id {id} is missing"));
+        }
+    }
+    let first = t0_ms.div_euclid(1000) * 1000;
+    let sums = query(client, base, &token, first, t0_ms + ids + 1000, "1s", "sum").await?;
+    // A bucket reaching past the last id handed out may hold points sent since.
+    let complete = |ts: i64| ts + 1000 <= t0_ms + ids;
+    expected_sums.retain(|ts, _| complete(*ts));
+    let mut got: BTreeMap<i64, f64> = sums.into_iter().filter(|(ts, _)| complete(*ts)).collect();
+    for (ts, want) in &expected_sums {
+        let have = got.remove(ts).unwrap_or(0.0);
+        if have != *want {
+            c.sum_mismatches += 1;
+            c.problem(format!(
+                "1 s bucket {ts}: sum {have}, points add up to {want}"
+            ));
+        }
+    }
+    for (ts, have) in got {
+        c.sum_mismatches += 1;
+        c.problems
+            .push(format!("1 s bucket {ts}: sum {have} with no points in it"));
+    }
+    Ok(c)
+}

@@ -1,0 +1,112 @@
+//! `pulseboard-chaos`: the full chaos suite against real release binaries.
+//!
+//! ```text
+//! cargo build --release && cargo run --release -p chaos -- full
+//! ```
+//! runs every fault once, then 20 leader kills, then 50 random faults, on three nodes, and
+//! writes `chaos-report/report.md` and `chaos-report/timeline.svg`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use chaos::scenario::Fault;
+use chaos::workload::Options;
+
+#[derive(Parser)]
+#[command(version, about = "Pulseboard's chaos suite")]
+struct Cli {
+    /// The pulseboard binary [default: next to this one].
+    #[arg(long, global = true)]
+    bin: Option<PathBuf>,
+    /// Where the report goes.
+    #[arg(long, global = true, default_value = "chaos-report")]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Three faults (kill -9 leader, partitioned leader, paused leader), checked after each.
+    Smoke,
+    /// Every fault once, then leader kills, then random faults.
+    Full {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Leader kills after the tour of faults (for the failover figures).
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Random faults at the end.
+        #[arg(long, default_value_t = 50)]
+        random: usize,
+        /// Run the checker after this many faults (and always at the end).
+        #[arg(long, default_value_t = 5)]
+        check_every: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let bin = match cli.bin {
+        Some(b) => b,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .join("pulseboard"),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(async {
+        match cli.command {
+            Command::Smoke => chaos::smoke(&bin).await,
+            Command::Full {
+                nodes,
+                kills,
+                random,
+                check_every,
+            } => {
+                let tour = Fault::ALL.len();
+                let steps = tour + kills + random;
+                chaos::run_suite(
+                    &bin,
+                    nodes,
+                    steps,
+                    check_every,
+                    Options::default(),
+                    |i| {
+                        if i < tour {
+                            (Fault::ALL[i], Duration::from_secs(4))
+                        } else if i < tour + kills {
+                            (Fault::KillLeader, Duration::from_secs(2))
+                        } else {
+                            let hold = Duration::from_millis(1000 + rand::random_range(0..4000));
+                            (Fault::random(), hold)
+                        }
+                    },
+                    |o| {
+                        eprintln!(
+                            "{:>7.1} s  {}  failover {}  available {:.0} %",
+                            o.fault_at,
+                            o.fault,
+                            o.failover_ms.map_or("-".into(), |f| format!("{f:.0} ms")),
+                            o.availability * 100.0
+                        )
+                    },
+                )
+                .await
+            }
+        }
+    })?;
+    std::fs::create_dir_all(&cli.out)?;
+    let md = report.markdown();
+    std::fs::write(cli.out.join("report.md"), &md)?;
+    std::fs::write(cli.out.join("timeline.svg"), report.svg())?;
+    println!("{md}");
+    println!("report written to {}", cli.out.display());
+    if !report.ok() {
+        bail!("the checker found lost, duplicated or wrong points");
+    }
+    Ok(())
+}

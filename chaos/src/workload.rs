@@ -1,0 +1,270 @@
+//! The workload: writers ingest batches of points with unique ids through any node, retry a
+//! batch that was not acknowledged on the next node with the same idempotency key, and record
+//! every attempt and every acknowledgement.
+//!
+//! Point `id` is metric `chaos`, event time `t0 + id` ms, value `id`, dimension `s = id % 64`
+//! (so a batch touches nearly every shard). Event times are unique, so a 1 ms query bucket
+//! holds one point: the checker can see each point on its own.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::cluster::login;
+
+pub const METRIC: &str = "chaos";
+const SERIES: u64 = 64;
+
+/// One HTTP request of a writer.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    /// Seconds since the workload started.
+    pub at: f64,
+    pub latency_ms: f64,
+    pub ok: bool,
+    pub points: u32,
+}
+
+/// A batch: ids `first .. first + n`.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch {
+    pub first: u64,
+    pub n: u32,
+    /// When its first attempt was sent and when it was acknowledged (seconds since start).
+    pub sent: f64,
+    pub acked: Option<f64>,
+}
+
+#[derive(Clone, Default)]
+pub struct Record {
+    pub attempts: Vec<Attempt>,
+    /// Acknowledged batches.
+    pub acked: Vec<Batch>,
+    /// Batches given up on: each point is there once or not at all.
+    pub uncertain: Vec<Batch>,
+    /// Batches being sent now (first id → points): also once or not at all, for now.
+    pub in_flight: std::collections::BTreeMap<u64, u32>,
+    /// Ids handed out so far: every id below is in an acknowledged, uncertain or in-flight
+    /// batch, so a copy of the record taken under its lock is consistent.
+    pub next_id: u64,
+}
+
+pub struct Workload {
+    pub t0_ms: i64,
+    pub started: Instant,
+    pub record: Arc<Mutex<Record>>,
+    stop: Arc<AtomicBool>,
+    writers: Vec<JoinHandle<()>>,
+}
+
+pub struct Options {
+    pub writers: usize,
+    pub batch: u32,
+    /// Pause between a writer's batches.
+    pub pace: Duration,
+    /// How long one request may take before the writer tries the next node.
+    pub request_timeout: Duration,
+    /// How long a batch is retried before it is given up (and counted uncertain).
+    pub give_up: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            writers: 4,
+            batch: 200,
+            pace: Duration::from_millis(20),
+            request_timeout: Duration::from_secs(3),
+            give_up: Duration::from_secs(60),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Workload {
+    pub fn start(bases: Vec<String>, options: Options) -> Workload {
+        // Event times start half an hour back: within the raw ring, never in the future.
+        let t0_ms = now_ms() - 30 * 60 * 1000;
+        let started = Instant::now();
+        let record = Arc::new(Mutex::new(Record::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tokens = Arc::new(Mutex::new(vec![None::<String>; bases.len()]));
+        let bases = Arc::new(bases);
+        let options = Arc::new(options);
+        let writers = (0..options.writers)
+            .map(|w| {
+                let writer = Writer {
+                    w,
+                    t0_ms,
+                    started,
+                    bases: bases.clone(),
+                    tokens: tokens.clone(),
+                    record: record.clone(),
+                    stop: stop.clone(),
+                    options: options.clone(),
+                    client: reqwest::Client::new(),
+                };
+                tokio::spawn(writer.run())
+            })
+            .collect();
+        Workload {
+            t0_ms,
+            started,
+            record,
+            stop,
+            writers,
+        }
+    }
+
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// A consistent copy of what happened so far.
+    pub fn snapshot(&self) -> Record {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the writers after their current batch (acknowledged or given up).
+    pub async fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.writers.drain(..) {
+            let _ = w.await;
+        }
+    }
+}
+
+struct Writer {
+    w: usize,
+    t0_ms: i64,
+    started: Instant,
+    bases: Arc<Vec<String>>,
+    tokens: Arc<Mutex<Vec<Option<String>>>>,
+    record: Arc<Mutex<Record>>,
+    stop: Arc<AtomicBool>,
+    options: Arc<Options>,
+    client: reqwest::Client,
+}
+
+impl Writer {
+    async fn run(self) {
+        let mut node = self.w % self.bases.len();
+        while !self.stop.load(Ordering::SeqCst) {
+            let n = self.options.batch;
+            let first = {
+                let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+                let first = r.next_id;
+                r.next_id += u64::from(n);
+                r.in_flight.insert(first, n);
+                first
+            };
+            let points: Vec<_> = (first..first + u64::from(n))
+                .map(|id| {
+                    json!({
+                        "metric": METRIC,
+                        "timestamp": self.t0_ms + id as i64,
+                        "value": id as f64,
+                        "dimensions": {"s": (id % SERIES).to_string()},
+                    })
+                })
+                .collect();
+            let body = json!({ "data_points": points }).to_string();
+            let mut batch = Batch {
+                first,
+                n,
+                sent: self.started.elapsed().as_secs_f64(),
+                acked: None,
+            };
+            let began = Instant::now();
+            loop {
+                if self.send(node, first, &body, n).await {
+                    batch.acked = Some(self.started.elapsed().as_secs_f64());
+                    break;
+                }
+                node = (node + 1) % self.bases.len();
+                if began.elapsed() > self.options.give_up {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            {
+                let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+                r.in_flight.remove(&first);
+                if batch.acked.is_some() {
+                    r.acked.push(batch);
+                } else {
+                    r.uncertain.push(batch);
+                }
+            }
+            tokio::time::sleep(self.options.pace).await;
+        }
+    }
+
+    async fn token(&self, node: usize) -> Option<String> {
+        if let Some(t) = self.tokens.lock().unwrap_or_else(|p| p.into_inner())[node].clone() {
+            return Some(t);
+        }
+        let t = tokio::time::timeout(
+            self.options.request_timeout,
+            login(&self.client, &self.bases[node]),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())[node] = Some(t.clone());
+        Some(t)
+    }
+
+    /// One attempt; true once acknowledged.
+    async fn send(&self, node: usize, first: u64, body: &str, n: u32) -> bool {
+        let at = self.started.elapsed().as_secs_f64();
+        let sent = Instant::now();
+        let ok = match self.token(node).await {
+            None => false,
+            Some(token) => {
+                let r = self
+                    .client
+                    .post(format!("{}/api/v1/ingest", self.bases[node]))
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", format!("chaos-{first}"))
+                    .header("Content-Type", "application/json")
+                    .body(body.to_owned())
+                    .timeout(self.options.request_timeout)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => true,
+                    Ok(r) => {
+                        if r.status() == reqwest::StatusCode::UNAUTHORIZED {
+                            self.tokens.lock().unwrap_or_else(|p| p.into_inner())[node] = None;
+                        }
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attempts
+            .push(Attempt {
+                at,
+                latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
+                ok,
+                points: n,
+            });
+        ok
+    }
+}
