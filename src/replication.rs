@@ -70,6 +70,13 @@ impl ShardGroups {
         loop {
             let leader = match leader_of(raft) {
                 Some((l, _)) if l == self.node_id => {
+                    if let Some(silent) = cut_off(raft) {
+                        // Nothing proposed yet: the client can go to another node at once
+                        // instead of waiting for a commit that cannot come.
+                        return Err(Error::Unavailable(format!(
+                            "shard {shard}: this node leads it but has not heard from a majority of its replicas for {silent} ms (cut off?); retry on another node"
+                        )));
+                    }
                     // Cloning a batch shares its points.
                     let write = raft.client_write(batch.clone());
                     // A leader cut off from its peers cannot commit; it finds out only when
@@ -377,6 +384,22 @@ impl ShardGroups {
 
 /// The group's leader as this node knows it, and its address when it is a member. Reads the
 /// metrics in place (this runs for every shard of every write).
+/// How long a leader may go without hearing from a majority before it sheds writes: two
+/// election timeouts (by then the others have elected a new leader).
+const QUORUM_SILENCE_MS: u64 = 1_000;
+
+/// `Some(ms)` if this node leads the group but has not heard from a majority for longer than
+/// [`QUORUM_SILENCE_MS`] (it is cut off, or its peers are down).
+fn cut_off(raft: &Raft<ShardRaft>) -> Option<u64> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    if m.membership_config.membership().voter_ids().count() < 2 {
+        return None;
+    }
+    m.millis_since_quorum_ack
+        .filter(|&ms| ms > QUORUM_SILENCE_MS)
+}
+
 fn leader_of(raft: &Raft<ShardRaft>) -> Option<(u64, Option<Member>)> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
@@ -394,5 +417,106 @@ pub fn write_error(shard: u32, e: WriteError) -> Error {
         )),
         RaftError::APIError(e) => Error::Internal(format!("shard {shard}: {e}")),
         RaftError::Fatal(e) => Error::Unavailable(format!("shard {shard}: {e}")),
+    }
+}
+
+/// How often the failure detector pings each node that leads one of this node's groups.
+const PING_EVERY: Duration = Duration::from_millis(100);
+/// A leader that has answered no ping for this long is suspected dead (or cut off, or
+/// paused): about the leader lease openraft grants it (`election_timeout_max`).
+const SUSPECT_AFTER: Duration = Duration::from_millis(500);
+
+impl ShardGroups {
+    /// Watches the leaders of this node's groups and, when one stops answering pings, calls
+    /// an election in each group it led, after a random 0–150 ms (so two survivors rarely
+    /// split the vote). openraft's own timer would get there too, but later: its follower
+    /// waits for the lease plus its election timeout, plus a second election timeout when
+    /// an earlier election showed it a longer log — 0.8 to 2 s with our settings. The vote
+    /// rules are unchanged: a voter still refuses a candidate with a shorter log, and that
+    /// candidate's peer with the longer log calls its own election.
+    pub fn spawn_failure_detector(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut heard: BTreeMap<u64, Instant> = BTreeMap::new();
+            let mut called: BTreeMap<u32, Instant> = BTreeMap::new();
+            let mut tick = tokio::time::interval(PING_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut leaders: BTreeMap<u64, (SocketAddr, Vec<u32>)> = BTreeMap::new();
+                for (shard, raft) in me.rafts.iter().enumerate() {
+                    let Some((leader, Some(node))) = leader_of(raft) else {
+                        continue;
+                    };
+                    if leader == me.node_id {
+                        continue;
+                    }
+                    let Ok(addr) = node.quic.parse::<SocketAddr>() else {
+                        continue;
+                    };
+                    leaders
+                        .entry(leader)
+                        .or_insert_with(|| (addr, Vec::new()))
+                        .1
+                        .push(shard as u32);
+                }
+                heard.retain(|id, _| leaders.contains_key(id));
+                let pings = leaders.iter().map(|(&id, (addr, _))| {
+                    let transport = me.transport.clone();
+                    let addr = *addr;
+                    async move {
+                        let ok = matches!(
+                            tokio::time::timeout(SUSPECT_AFTER, transport.ping(addr)).await,
+                            Ok(Ok(answered)) if answered == id
+                        );
+                        (id, ok)
+                    }
+                });
+                let now = Instant::now();
+                for (id, ok) in futures_util::future::join_all(pings).await {
+                    let last = heard.entry(id).or_insert(now);
+                    if ok {
+                        *last = Instant::now();
+                    }
+                }
+                for (id, (_, shards)) in &leaders {
+                    let silent = heard.get(id).map_or(Duration::ZERO, |t| t.elapsed());
+                    if silent < SUSPECT_AFTER {
+                        continue;
+                    }
+                    for &shard in shards {
+                        if called
+                            .get(&shard)
+                            .is_some_and(|t| t.elapsed() < SUSPECT_AFTER * 2)
+                        {
+                            continue;
+                        }
+                        called.insert(shard, Instant::now());
+                        let me = me.clone();
+                        let leader = *id;
+                        tokio::spawn(async move {
+                            let jitter = rand::random_range(0..150);
+                            tokio::time::sleep(Duration::from_millis(jitter)).await;
+                            let Ok(raft) = me.raft(shard) else { return };
+                            let m = raft.metrics().borrow().clone();
+                            let voter = m
+                                .membership_config
+                                .membership()
+                                .voter_ids()
+                                .any(|v| v == me.node_id);
+                            if m.current_leader == Some(leader) && voter {
+                                info!(
+                                    shard,
+                                    leader,
+                                    silent_ms = silent.as_millis() as u64,
+                                    "leader not answering; calling an election"
+                                );
+                                let _ = raft.trigger().elect().await;
+                            }
+                        });
+                    }
+                }
+            }
+        })
     }
 }

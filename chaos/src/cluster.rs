@@ -52,6 +52,8 @@ pub struct Cluster {
     pub faults: Arc<Faults>,
     _relays: Vec<Relay>,
     client: reqwest::Client,
+    /// Session tokens by node (logging in costs a password hash on the node: once per start).
+    tokens: std::sync::Mutex<HashMap<usize, String>>,
     _root: tempfile::TempDir,
 }
 
@@ -71,6 +73,7 @@ impl Cluster {
         }
         let root = tempfile::Builder::new()
             .prefix("pulseboard-chaos")
+            .disable_cleanup(std::env::var_os("CHAOS_KEEP").is_some())
             .tempdir()?;
         let faults = Arc::new(Faults::default());
         let mut quic = Vec::new();
@@ -103,6 +106,7 @@ impl Cluster {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            tokens: Default::default(),
             _root: root,
         };
         let seed = cluster.nodes[0].relay;
@@ -160,6 +164,10 @@ impl Cluster {
             .parse()
             .context("node.id")?;
         node.state = State::Running;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&i);
         Ok(())
     }
 
@@ -267,13 +275,26 @@ impl Cluster {
     }
 
     pub async fn token(&self, i: usize) -> Result<String> {
-        login(&self.client, &self.nodes[i].base()).await
+        if let Some(t) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&i)
+        {
+            return Ok(t.clone());
+        }
+        let t = login(&self.client, &self.nodes[i].base()).await?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(i, t.clone());
+        Ok(t)
     }
 
-    /// `GET /api/v1/cluster` from the first running node that answers.
-    pub async fn view(&self) -> Result<Value> {
+    /// `GET /api/v1/cluster` from the first running node other than `except` that answers.
+    pub async fn view_from(&self, except: Option<usize>) -> Result<Value> {
         let mut last = anyhow!("no running node");
-        for i in self.running() {
+        for i in self.running().into_iter().filter(|&i| Some(i) != except) {
             let base = self.nodes[i].base();
             let attempt = async {
                 let token = self.token(i).await?;
@@ -281,6 +302,7 @@ impl Cluster {
                     .client
                     .get(format!("{base}/api/v1/cluster"))
                     .bearer_auth(token)
+                    .timeout(Duration::from_secs(2))
                     .send()
                     .await?;
                 anyhow::Ok(r.error_for_status()?.json::<Value>().await?)
@@ -291,6 +313,10 @@ impl Cluster {
             }
         }
         Err(last)
+    }
+
+    pub async fn view(&self) -> Result<Value> {
+        self.view_from(None).await
     }
 
     /// How many shards each node leads, by node index, as the cluster reports it.
@@ -323,28 +349,36 @@ impl Cluster {
             .ok_or_else(|| anyhow!("no running node"))
     }
 
-    /// Waits until every shard has a leader that is running, as every running node sees it.
-    pub async fn wait_settled(&self, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
+    /// Waits until every shard has a running leader other than `except`, as a running node
+    /// other than `except` sees it; returns how long that took.
+    pub async fn wait_leaders(&self, except: Option<usize>, within: Duration) -> Result<Duration> {
+        let started = Instant::now();
         loop {
-            if let Ok(view) = self.view().await {
+            if let Ok(view) = self.view_from(except).await {
                 let ok = view["shards"].as_array().is_some_and(|shards| {
                     shards.iter().all(|s| {
                         s["leader"]
                             .as_u64()
                             .and_then(|id| self.index_of(id))
-                            .is_some_and(|i| self.nodes[i].state == State::Running)
+                            .is_some_and(|i| {
+                                self.nodes[i].state == State::Running && Some(i) != except
+                            })
                     })
                 });
                 if ok {
-                    return Ok(());
+                    return Ok(started.elapsed());
                 }
             }
-            if Instant::now() > deadline {
+            if started.elapsed() > within {
                 bail!("shards without a running leader after {within:?}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until every shard has a running leader.
+    pub async fn wait_settled(&self, within: Duration) -> Result<()> {
+        self.wait_leaders(None, within).await.map(|_| ())
     }
 }
 

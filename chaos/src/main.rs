@@ -32,6 +32,11 @@ struct Cli {
 enum Command {
     /// Three faults (kill -9 leader, partitioned leader, paused leader), checked after each.
     Smoke,
+    /// Only leader kills (for the failover figures).
+    Kills {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Every fault once, then leader kills, then random faults.
     Full {
         #[arg(long, default_value_t = 3)]
@@ -48,6 +53,19 @@ enum Command {
     },
 }
 
+fn progress(o: &chaos::scenario::Outcome) {
+    eprintln!(
+        "{:>7.1} s  {}  victim {:?} (led {})  re-elected {}  failover {}  available {:.0} %",
+        o.fault_at,
+        o.fault,
+        o.victim,
+        o.victim_led,
+        o.reelected_ms.map_or("-".into(), |f| format!("{f:.0} ms")),
+        o.failover_ms.map_or("-".into(), |f| format!("{f:.0} ms")),
+        o.availability * 100.0
+    );
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let bin = match cli.bin {
@@ -61,6 +79,18 @@ fn main() -> Result<()> {
     let report = rt.block_on(async {
         match cli.command {
             Command::Smoke => chaos::smoke(&bin).await,
+            Command::Kills { rounds } => {
+                chaos::run_suite(
+                    &bin,
+                    3,
+                    rounds,
+                    rounds,
+                    Options::default(),
+                    |_| (Fault::KillLeader, Duration::from_secs(2)),
+                    progress,
+                )
+                .await
+            }
             Command::Full {
                 nodes,
                 kills,
@@ -85,15 +115,7 @@ fn main() -> Result<()> {
                             (Fault::random(), hold)
                         }
                     },
-                    |o| {
-                        eprintln!(
-                            "{:>7.1} s  {}  failover {}  available {:.0} %",
-                            o.fault_at,
-                            o.fault,
-                            o.failover_ms.map_or("-".into(), |f| format!("{f:.0} ms")),
-                            o.availability * 100.0
-                        )
-                    },
+                    progress,
                 )
                 .await
             }

@@ -40,19 +40,20 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| # | fault | victim | failover | available during | points/s before / during / after |"
+            "| # | fault | victim | leaders re-elected | failover (first write) | available during | points/s before / during / after |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for (i, o) in self.outcomes.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} % over {:.1} s | {:.0} / {:.0} / {:.0} |",
+                "| {} | {} | {} | {} | {} | {:.0} % over {:.1} s | {:.0} / {:.0} / {:.0} |",
                 i + 1,
                 o.fault,
                 o.victim.map_or("-".into(), |v| format!(
                     "node {v} (led {} shards)",
                     o.victim_led
                 )),
+                o.reelected_ms.map_or("-".into(), |f| format!("{f:.0} ms")),
                 o.failover_ms.map_or("-".into(), |f| format!("{f:.0} ms")),
                 o.availability * 100.0,
                 o.healed_at - o.fault_at,

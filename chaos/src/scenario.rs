@@ -92,6 +92,8 @@ pub struct Outcome {
     pub healed_at: f64,
     /// Fault → first acknowledged write sent after it (for faults that take a leader away).
     pub failover_ms: Option<f64>,
+    /// Fault → every shard led by another node, as the others report it.
+    pub reelected_ms: Option<f64>,
     /// Share of 250 ms slots during the fault in which some write was acknowledged.
     pub availability: f64,
     /// Acknowledged points per second: 5 s before, during, and 5 s after the fault.
@@ -119,15 +121,20 @@ pub async fn run(
     };
     let v = victim.unwrap_or(0);
     let fault_at = workload.elapsed();
+    let mut reelected_ms = None;
     match fault {
         Fault::KillLeader | Fault::KillFollower => {
             cluster.kill(v).await?;
-            tokio::time::sleep(hold).await;
+            if fault == Fault::KillLeader {
+                reelected_ms = watch(cluster, v, hold).await;
+            } else {
+                tokio::time::sleep(hold).await;
+            }
             cluster.restart(v).await?;
         }
         Fault::PauseLeader => {
             cluster.pause(v)?;
-            tokio::time::sleep(hold).await;
+            reelected_ms = watch(cluster, v, hold).await;
             cluster.resume(v)?;
         }
         Fault::PartitionLeader | Fault::OneWayPartition => {
@@ -139,7 +146,7 @@ pub async fn run(
                     cluster.faults.set(v, o, LinkFault::CUT);
                 }
             }
-            tokio::time::sleep(hold).await;
+            reelected_ms = watch(cluster, v, hold).await;
             cluster.faults.heal();
         }
         Fault::LossyLinks => {
@@ -185,6 +192,7 @@ pub async fn run(
         fault,
         victim,
         victim_led: victim.map_or(0, |v| led[v]),
+        reelected_ms,
         fault_at,
         healed_at,
         failover_ms: fault
@@ -198,6 +206,19 @@ pub async fn run(
             throughput(&attempts, healed_at, healed_at + 5.0),
         ],
     })
+}
+
+/// Holds a fault that took node `v`'s leaderships away for `hold`, watching the others
+/// elect new leaders; returns how long that took, if it happened within the hold.
+async fn watch(cluster: &Cluster, v: usize, hold: Duration) -> Option<f64> {
+    let started = std::time::Instant::now();
+    let r = cluster
+        .wait_leaders(Some(v), hold)
+        .await
+        .ok()
+        .map(|d| d.as_secs_f64() * 1000.0);
+    tokio::time::sleep(hold.saturating_sub(started.elapsed())).await;
+    r
 }
 
 /// A random fault held for 1–5 s.

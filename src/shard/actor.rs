@@ -35,8 +35,6 @@ pub enum ShardMsg {
     Metrics(RpcReplyPort<HashMap<String, u64>>),
     Dimensions(String, RpcReplyPort<HashMap<String, HashMap<String, u64>>>),
     Stats(RpcReplyPort<ShardStats>),
-    /// The idempotency keys this shard remembers, with its share of each request's points.
-    BatchIds(RpcReplyPort<Vec<(String, u32)>>),
     /// Every series' metric and hash (for the cardinality limit at start).
     SeriesHashes(RpcReplyPort<Vec<(String, u64)>>),
     /// The group's bookkeeping as of the applied index.
@@ -125,9 +123,6 @@ impl Actor for Shard {
             }
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(st.state.stats());
-            }
-            ShardMsg::BatchIds(reply) => {
-                let _ = reply.send(st.state.batch_ids());
             }
             ShardMsg::SeriesHashes(reply) => {
                 let hashes = st

@@ -188,14 +188,6 @@ impl ShardState {
         }
     }
 
-    /// The idempotency keys this shard has applied, with its share of each request's points.
-    pub fn batch_ids(&self) -> Vec<(String, u32)> {
-        self.batches
-            .iter()
-            .map(|(k, r)| (k.clone(), r.points))
-            .collect()
-    }
-
     pub fn shard(&self) -> u32 {
         self.shard
     }
