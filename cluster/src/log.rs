@@ -33,7 +33,7 @@ use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -163,14 +163,23 @@ pub struct GroupState {
 }
 
 enum Msg {
-    Write(u32, Vec<Op>, Option<Done>),
+    /// The permit is the message's place in the bounded queue, freed when the writer takes it.
+    Write(
+        u32,
+        Vec<Op>,
+        Option<Done>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
     Shutdown(mpsc::Sender<Result<(), String>>),
 }
 
 pub struct SharedLog {
     dir: PathBuf,
     groups: writer::Groups,
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    /// Places in the queue (`LogConfig::queue_capacity`): a writer waits for one without
+    /// blocking its thread, so a stalled disk holds back Raft appends, not the runtime.
+    slots: Arc<tokio::sync::Semaphore>,
     closed: Arc<AtomicBool>,
     counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
@@ -188,7 +197,8 @@ impl SharedLog {
         let report = recovered.report.clone();
         let counters = Arc::new(Counters::default());
         let closed = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let (tx, rx) = mpsc::channel();
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.queue_capacity.max(1)));
         let dir = config.dir.clone();
         let groups = writer::Groups::default();
         let writer = writer::Writer::new(
@@ -211,6 +221,7 @@ impl SharedLog {
                 dir,
                 groups,
                 tx,
+                slots,
                 closed,
                 counters,
                 thread: Some(thread),
@@ -220,9 +231,14 @@ impl SharedLog {
     }
 
     /// Enqueues changes to one group's log, in this order, in one group-commit round; `done`
-    /// runs once they are durable. Waits while the queue is full (a Raft group has one
-    /// outstanding write at a time, so the wait is for the disk, which is the point).
-    pub fn write(&self, group: u32, ops: Vec<Op>, done: Option<Done>) -> Result<(), LogError> {
+    /// runs once they are durable. Waits (asynchronously) while the queue is full: the wait
+    /// is for the disk, which is the point.
+    pub async fn write(
+        &self,
+        group: u32,
+        ops: Vec<Op>,
+        done: Option<Done>,
+    ) -> Result<(), LogError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
@@ -245,11 +261,19 @@ impl SharedLog {
                 max: MAX_PAYLOAD,
             });
         }
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| LogError::Closed)?;
         self.counters.queue_depth.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(Msg::Write(group, ops, done)).map_err(|_| {
-            self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            LogError::Closed
-        })
+        self.tx
+            .send(Msg::Write(group, ops, done, slot))
+            .map_err(|_| {
+                self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                LogError::Closed
+            })
     }
 
     /// What the log durably holds for `group`.

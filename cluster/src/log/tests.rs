@@ -21,16 +21,26 @@ fn payload(g: u32, n: u64) -> Vec<u8> {
     format!("group {g} value {n} {}", "x".repeat((n % 50) as usize)).into_bytes()
 }
 
+/// Runs an async log call from a plain test.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    static RT: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    });
+    RT.block_on(f)
+}
+
 /// Writes `ops` to `group` and waits until they are durable.
 fn write_durably(log: &SharedLog, group: u32, ops: Vec<Op>) {
     let (tx, rx) = mpsc::channel();
-    log.write(
+    block_on(log.write(
         group,
         ops,
         Some(Box::new(move |r| {
             let _ = tx.send(r);
         })),
-    )
+    ))
     .expect("write");
     rx.recv().expect("done").expect("durable");
 }
@@ -256,10 +266,10 @@ fn oversized_records_and_groups_are_refused() {
         payload: vec![0; MAX_PAYLOAD + 1],
     };
     assert!(matches!(
-        log.write(0, vec![big], None),
+        block_on(log.write(0, vec![big], None)),
         Err(LogError::TooLarge { .. })
     ));
-    assert!(log.write(1 << 28, vec![], None).is_err());
+    assert!(block_on(log.write(1 << 28, vec![], None)).is_err());
 }
 
 #[test]

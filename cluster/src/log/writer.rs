@@ -126,7 +126,7 @@ impl Writer {
             // Drain what is queued into one round, up to the byte cap.
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Write(group, ops, done) => {
+                    Msg::Write(group, ops, done, _slot) => {
                         self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
                         let last = ops.len().saturating_sub(1);
                         for (n, op) in ops.into_iter().enumerate() {
@@ -206,7 +206,7 @@ impl Writer {
     fn drain_after_failure(&mut self, rx: &Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
             match msg {
-                Msg::Write(_, _, done) => {
+                Msg::Write(_, _, done, _slot) => {
                     self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     if let Some(done) = done {
                         done(Err("the log had failed earlier".into()));

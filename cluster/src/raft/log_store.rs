@@ -114,6 +114,7 @@ where
                     let _ = tx.send(r);
                 })),
             )
+            .await
             .map_err(|e| e.to_string())?;
         rx.await.map_err(|_| "the log stopped".to_string())?
     }
@@ -304,6 +305,7 @@ where
                     callback.log_io_completed(r.map_err(io::Error::other));
                 })),
             )
+            .await
             .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
