@@ -32,19 +32,20 @@ use crate::shard::{
     ShardStats, Watch,
 };
 
-/// Timing of the shard groups: heartbeats every 150 ms; a follower that stops hearing from
-/// its leader waits out the leader's lease (openraft 0.9: `election_timeout_max`) plus its own
-/// election timeout (0.3–0.5 s), so a dead leader is replaced after 0.8–1.0 s (plus up to one
-/// 225 ms tick). openraft 0.9 also uses the heartbeat interval as the timeout of every
-/// append-entries RPC, so a replication message is kept small (16 entries, a few hundred KB
-/// of points) to fit in it on a loaded machine; a larger one would time out and be resent
-/// forever.
+/// Timing of the shard groups: heartbeats every 150 ms; a leader's lease (openraft 0.9:
+/// `election_timeout_max`) is 0.5 s, after which voters grant votes to another candidate.
+/// openraft's election timer is off: elections are called by the failure detector
+/// (`ShardGroups::spawn_failure_detector`), which replaces a dead leader in 0.5–0.7 s.
+/// openraft 0.9 also uses the heartbeat interval as the timeout of every append-entries RPC,
+/// so a replication message is kept small (16 entries, a few hundred KB of points) to fit in
+/// it on a loaded machine; a larger one would time out and be resent forever.
 fn raft_config() -> Result<Arc<openraft::Config>> {
     let c = openraft::Config {
         cluster_name: "pulseboard-shards".into(),
         heartbeat_interval: 150,
         election_timeout_min: 300,
         election_timeout_max: 500,
+        enable_elect: false,
         install_snapshot_timeout: 10_000,
         snapshot_max_chunk_size: 4 << 20,
         max_payload_entries: 16,
@@ -57,6 +58,15 @@ fn raft_config() -> Result<Arc<openraft::Config>> {
     c.validate()
         .map(Arc::new)
         .map_err(|e| Error::Internal(format!("raft config: {e}")))
+}
+
+/// The failure detector's task, stopped with the engine (or when opening it fails).
+struct Detector(tokio::task::JoinHandle<()>);
+
+impl Drop for Detector {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The shard actors, for live subscriptions: cheap to clone, and holding it does not keep
@@ -111,7 +121,7 @@ pub struct Engine {
     router: Arc<Router>,
     snapshots: tokio::task::JoinHandle<()>,
     /// Calls elections when a leader stops answering (`ShardGroups::spawn_failure_detector`).
-    detector: tokio::task::JoinHandle<()>,
+    detector: Detector,
     log: Arc<SharedLog>,
     admission: Admission,
     layout: Layout,
@@ -289,6 +299,9 @@ impl Engine {
             config.cluster.replication_factor,
         ));
         node.attach(groups.clone());
+        // Before waiting for leaders: after a restart this node may hold the longest log of a
+        // group, and only it can then win the election.
+        let detector = Detector(groups.spawn_failure_detector());
         match config.join {
             Some(peer) if fresh => {
                 info!(%peer, "joining the cluster");
@@ -326,7 +339,6 @@ impl Engine {
         // the missing parts would never be written.)
         let keys: Arc<DashMap<String, KeyState>> = Arc::new(DashMap::new());
 
-        let detector = groups.spawn_failure_detector();
         let snapshots = tokio::spawn(snapshot_loop(rafts, config.storage.snapshot_interval));
         Ok(Self {
             shards,
@@ -623,7 +635,7 @@ impl Engine {
     /// the actors and the log.
     pub async fn shutdown(self) {
         self.snapshots.abort();
-        self.detector.abort();
+        self.detector.0.abort();
         for (shard, raft) in self.groups.rafts().iter().enumerate() {
             self.router.remove(shard as u32);
             if let Err(e) = raft.shutdown().await {

@@ -128,6 +128,18 @@ impl Service for NodeService {
             Channel::Ingest => {
                 Box::pin(async move { groups.serve_ingest(request.group, &request.body).await })
             }
+            Channel::Groups => {
+                let status = groups.status();
+                Box::pin(async move {
+                    match protocol::codec::encode(&status) {
+                        Ok(b) => Response::Ok(b),
+                        Err(e) => Response::Err {
+                            message: e.to_string(),
+                            retry: false,
+                        },
+                    }
+                })
+            }
             Channel::Meta => Box::pin(async move {
                 let join = match protocol::codec::decode(&request.body) {
                     Ok(j) => j,

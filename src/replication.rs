@@ -50,6 +50,20 @@ impl ShardGroups {
         }
     }
 
+    /// Every group this node hosts: `(shard, last log index, whether this node leads it)`
+    /// (the answer to `Channel::Groups`).
+    pub fn status(&self) -> Vec<(u32, u64, bool)> {
+        self.rafts
+            .iter()
+            .enumerate()
+            .map(|(shard, raft)| {
+                let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+                let leads = leader_of(raft).is_some_and(|(l, _)| l == self.node_id);
+                (shard as u32, last, leads)
+            })
+            .collect()
+    }
+
     pub fn rafts(&self) -> &[Raft<ShardRaft>] {
         &self.rafts
     }
@@ -382,8 +396,6 @@ impl ShardGroups {
     }
 }
 
-/// The group's leader as this node knows it, and its address when it is a member. Reads the
-/// metrics in place (this runs for every shard of every write).
 /// How long a leader may go without hearing from a majority before it sheds writes: two
 /// election timeouts (by then the others have elected a new leader).
 const QUORUM_SILENCE_MS: u64 = 1_000;
@@ -400,6 +412,58 @@ fn cut_off(raft: &Raft<ShardRaft>) -> Option<u64> {
         .filter(|&ms| ms > QUORUM_SILENCE_MS)
 }
 
+impl ShardGroups {
+    /// How long to wait before calling an election in `shard`: at least 100 ms, so the voters'
+    /// leases (0.5 s from the last heartbeat they got, which may be a little after our last
+    /// probe) have run out; then the remaining voters take turns 200 ms apart, longest log
+    /// first (as last reported), ties in an order that rotates with the shard (so new leaders
+    /// spread over the nodes). A candidate with a shorter log is refused, and openraft 0.9's
+    /// voter does not take up the refused candidate's term, so two survivors calling at once
+    /// can refuse each other round after round: the turns keep them apart.
+    fn election_delay(
+        &self,
+        raft: &Raft<ShardRaft>,
+        shard: u32,
+        leader: Option<u64>,
+        logs: &BTreeMap<(u64, u32), u64>,
+    ) -> Duration {
+        let (mut voters, mine): (Vec<u64>, u64) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|v| Some(*v) != leader)
+                    .collect(),
+                m.last_log_index.unwrap_or(0),
+            )
+        };
+        voters.sort_unstable();
+        let n = voters.len().max(1);
+        let mut order: Vec<(std::cmp::Reverse<u64>, usize, u64)> = voters
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let last = if v == self.node_id {
+                    mine
+                } else {
+                    logs.get(&(v, shard)).copied().unwrap_or(0)
+                };
+                (std::cmp::Reverse(last), (i + shard as usize) % n, v)
+            })
+            .collect();
+        order.sort_unstable();
+        let turn = order
+            .iter()
+            .position(|(_, _, v)| *v == self.node_id)
+            .unwrap_or(0);
+        Duration::from_millis(100 + 200 * turn as u64 + rand::random_range(0..50))
+    }
+}
+
+/// The group's leader as this node knows it, and its address when it is a member. Reads the
+/// metrics in place (this runs for every shard of every write).
 fn leader_of(raft: &Raft<ShardRaft>) -> Option<(u64, Option<Member>)> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
@@ -420,101 +484,155 @@ pub fn write_error(shard: u32, e: WriteError) -> Error {
     }
 }
 
-/// How often the failure detector pings each node that leads one of this node's groups.
+/// How often the failure detector looks at the groups and pings each node leading one.
 const PING_EVERY: Duration = Duration::from_millis(100);
-/// A leader that has answered no ping for this long is suspected dead (or cut off, or
-/// paused): about the leader lease openraft grants it (`election_timeout_max`).
+/// A leader that has answered no probe for this long is suspected dead (or cut off, or
+/// paused), and a group without a leader for this long calls an election: the leader lease
+/// openraft's voters hold (`election_timeout_max`), after which they grant votes.
 const SUSPECT_AFTER: Duration = Duration::from_millis(500);
 
 impl ShardGroups {
-    /// Watches the leaders of this node's groups and, when one stops answering pings, calls
-    /// an election in each group it led, after a random 0–150 ms (so two survivors rarely
-    /// split the vote). openraft's own timer would get there too, but later: its follower
-    /// waits for the lease plus its election timeout, plus a second election timeout when
-    /// an earlier election showed it a longer log — 0.8 to 2 s with our settings. The vote
-    /// rules are unchanged: a voter still refuses a candidate with a shorter log, and that
-    /// candidate's peer with the longer log calls its own election.
+    /// The only caller of elections (openraft's own election timer is off: `enable_elect`).
+    /// openraft 0.9 elects when a follower misses heartbeats, and heartbeats are
+    /// append-entries RPCs with a timeout of one heartbeat interval that back off for 0.5 s
+    /// after a miss; on two busy cores that made followers with stale logs call elections
+    /// whose higher term deposed healthy leaders (0.9 has no pre-vote), several times over.
+    /// Here a node calls an election in a group only when its leader has answered no probe
+    /// (`Channel::Groups`: which groups do you lead, how long are their logs?) for
+    /// [`SUSPECT_AFTER`], or answers that
+    /// it no longer leads the group (it restarted), or the group has had no leader that long;
+    /// the remaining voters take turns (`election_delay`), and call again at most every
+    /// 0.5–1 s while the group stays leaderless. The vote rules are openraft's: a voter
+    /// refuses a candidate with a shorter log or while it still grants its leader's lease.
     pub fn spawn_failure_detector(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut heard: BTreeMap<u64, Instant> = BTreeMap::new();
-            let mut called: BTreeMap<u32, Instant> = BTreeMap::new();
+            let mut leaderless: BTreeMap<u32, Instant> = BTreeMap::new();
+            let mut next_call: BTreeMap<u32, Instant> = BTreeMap::new();
+            // Last log index of each peer's replica of each group, from its latest answer.
+            let mut logs: BTreeMap<(u64, u32), u64> = BTreeMap::new();
             let mut tick = tokio::time::interval(PING_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let mut leaders: BTreeMap<u64, (SocketAddr, Vec<u32>)> = BTreeMap::new();
+                let now = Instant::now();
+                // Whom we believe leads what, and every peer sharing a group with us.
+                let mut leaders: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+                let mut peers: BTreeMap<u64, SocketAddr> = BTreeMap::new();
+                let mut suspects: Vec<(u32, Option<u64>)> = Vec::new();
                 for (shard, raft) in me.rafts.iter().enumerate() {
-                    let Some((leader, Some(node))) = leader_of(raft) else {
-                        continue;
+                    let shard = shard as u32;
+                    // (Never borrow the metrics twice at once: a waiting writer between the
+                    // two read locks deadlocks the runtime.)
+                    let (voter, voters) = {
+                        let m = raft.metrics();
+                        let m = m.borrow();
+                        let membership = m.membership_config.membership();
+                        for (id, node) in membership.nodes() {
+                            if *id != me.node_id {
+                                if let Ok(addr) = node.quic.parse::<SocketAddr>() {
+                                    peers.insert(*id, addr);
+                                }
+                            }
+                        }
+                        let voters = membership.voter_ids().count();
+                        (membership.voter_ids().any(|v| v == me.node_id), voters)
                     };
-                    if leader == me.node_id {
+                    let leader = leader_of(raft);
+                    if !voter {
                         continue;
                     }
-                    let Ok(addr) = node.quic.parse::<SocketAddr>() else {
-                        continue;
-                    };
-                    leaders
-                        .entry(leader)
-                        .or_insert_with(|| (addr, Vec::new()))
-                        .1
-                        .push(shard as u32);
+                    match leader {
+                        Some((l, _)) if l == me.node_id => {
+                            leaderless.remove(&shard);
+                        }
+                        Some((l, Some(_))) => {
+                            leaderless.remove(&shard);
+                            leaders.entry(l).or_default().push(shard);
+                        }
+                        _ => {
+                            let since = *leaderless.entry(shard).or_insert(now);
+                            // Alone in the group: nobody to wait for.
+                            if voters == 1 || since.elapsed() >= SUSPECT_AFTER {
+                                suspects.push((shard, None));
+                            }
+                        }
+                    }
                 }
-                heard.retain(|id, _| leaders.contains_key(id));
-                let pings = leaders.iter().map(|(&id, (addr, _))| {
+                heard.retain(|id, _| peers.contains_key(id));
+                logs.retain(|(id, _), _| peers.contains_key(id));
+                let probes = peers.iter().map(|(&id, &addr)| {
                     let transport = me.transport.clone();
-                    let addr = *addr;
+                    let request = Request {
+                        channel: Channel::Groups,
+                        group: 0,
+                        body: Vec::new(),
+                    };
                     async move {
-                        let ok = matches!(
-                            tokio::time::timeout(SUSPECT_AFTER, transport.ping(addr)).await,
-                            Ok(Ok(answered)) if answered == id
-                        );
-                        (id, ok)
+                        let answer =
+                            tokio::time::timeout(SUSPECT_AFTER, transport.call(addr, &request))
+                                .await;
+                        let status = match answer {
+                            Ok(Ok(body)) => {
+                                protocol::codec::decode::<Vec<(u32, u64, bool)>>(&body).ok()
+                            }
+                            _ => None,
+                        };
+                        (id, status)
                     }
                 });
-                let now = Instant::now();
-                for (id, ok) in futures_util::future::join_all(pings).await {
+                for (id, status) in futures_util::future::join_all(probes).await {
                     let last = heard.entry(id).or_insert(now);
-                    if ok {
-                        *last = Instant::now();
+                    let Some(status) = status else { continue };
+                    *last = Instant::now();
+                    let mut led = BTreeSet::new();
+                    for (shard, last_log, leads) in status {
+                        logs.insert((id, shard), last_log);
+                        if leads {
+                            led.insert(shard);
+                        }
+                    }
+                    // Alive, but no longer leading some groups we think it leads (it restarted,
+                    // or was deposed and we missed the news): those need an election now.
+                    if let Some(shards) = leaders.get_mut(&id) {
+                        let (gone, kept): (Vec<u32>, Vec<u32>) =
+                            shards.iter().partition(|s| !led.contains(s));
+                        suspects.extend(gone.into_iter().map(|s| (s, Some(id))));
+                        *shards = kept;
                     }
                 }
-                for (id, (_, shards)) in &leaders {
-                    let silent = heard.get(id).map_or(Duration::ZERO, |t| t.elapsed());
-                    if silent < SUSPECT_AFTER {
+                for (id, shards) in &leaders {
+                    if heard.get(id).is_some_and(|t| t.elapsed() >= SUSPECT_AFTER) {
+                        suspects.extend(shards.iter().map(|&s| (s, Some(*id))));
+                    }
+                }
+                for (shard, leader) in suspects {
+                    if next_call.get(&shard).is_some_and(|t| Instant::now() < *t) {
                         continue;
                     }
-                    for &shard in shards {
-                        if called
-                            .get(&shard)
-                            .is_some_and(|t| t.elapsed() < SUSPECT_AFTER * 2)
-                        {
-                            continue;
+                    let again = Duration::from_millis(500 + rand::random_range(0..500));
+                    next_call.insert(shard, Instant::now() + again);
+                    let Ok(raft) = me.raft(shard) else { continue };
+                    let delay = me.election_delay(raft, shard, leader, &logs);
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        let Ok(raft) = me.raft(shard) else { return };
+                        tokio::time::sleep(delay).await;
+                        // Still the same leader (or still none)?
+                        if leader_of(raft).map(|(l, _)| l) != leader {
+                            return;
                         }
-                        called.insert(shard, Instant::now());
-                        let me = me.clone();
-                        let leader = *id;
-                        tokio::spawn(async move {
-                            let jitter = rand::random_range(0..150);
-                            tokio::time::sleep(Duration::from_millis(jitter)).await;
-                            let Ok(raft) = me.raft(shard) else { return };
-                            let m = raft.metrics().borrow().clone();
-                            let voter = m
-                                .membership_config
-                                .membership()
-                                .voter_ids()
-                                .any(|v| v == me.node_id);
-                            if m.current_leader == Some(leader) && voter {
-                                info!(
-                                    shard,
-                                    leader,
-                                    silent_ms = silent.as_millis() as u64,
-                                    "leader not answering; calling an election"
-                                );
-                                let _ = raft.trigger().elect().await;
-                            }
-                        });
-                    }
+                        match leader {
+                            Some(l) => info!(
+                                shard,
+                                leader = l,
+                                "leader not answering; calling an election"
+                            ),
+                            None => info!(shard, "no leader; calling an election"),
+                        }
+                        let _ = raft.trigger().elect().await;
+                    });
                 }
             }
         })

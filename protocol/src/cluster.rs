@@ -60,6 +60,10 @@ pub enum Channel {
     Query,
     /// Liveness and identity; answered by the transport itself.
     Ping,
+    /// The shard groups the answering node hosts, each as `(shard, last log index, whether it
+    /// leads)` (a `Vec<(u32, u64, bool)>`): the failure detector's probe, which must tell a
+    /// dead leader from a live node that no longer leads, and which voter has the longest log.
+    Groups,
 }
 
 /// `Channel::Meta` body: a node asks to become a replica of shard groups.
