@@ -1,5 +1,5 @@
 //! The checker: after a scenario, asks every running node for every point the workload
-//! sent (one 1 ms bucket per point) and for 1 s sums, and verifies that each acknowledged
+//! sent (1 ms buckets grouped by series: one point each) and for 1 s sums, and verifies that each acknowledged
 //! point is there exactly once, nothing is there twice or was never sent, and the rollup sums
 //! agree with the points.
 
@@ -11,7 +11,7 @@ use anyhow::{anyhow, Result};
 use serde_json::Value;
 
 use crate::cluster::{login, Cluster};
-use crate::workload::{Record, METRIC};
+use crate::workload::{id_at, place, Record, METRIC, SERIES};
 
 /// One node's view of the workload's points.
 #[derive(Clone, Debug, Default)]
@@ -60,7 +60,8 @@ impl fmt::Display for Check {
     }
 }
 
-const CHUNK_MS: i64 = 100_000;
+/// Milliseconds per query: 64 series × 4 000 buckets per answer.
+const CHUNK_MS: i64 = 4_000;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Sent {
@@ -121,13 +122,14 @@ async fn query(
     client: &reqwest::Client,
     base: &str,
     token: &str,
-    start: i64,
-    end: i64,
+    range: std::ops::Range<i64>,
     granularity: &str,
     aggregation: &str,
-) -> Result<Vec<(i64, f64)>> {
+    group_by: &str,
+) -> Result<Vec<(Option<u64>, i64, f64)>> {
     let url = format!(
-        "{base}/api/v1/metrics/{METRIC}/data?start={start}&end={end}&granularity={granularity}&aggregation={aggregation}"
+        "{base}/api/v1/metrics/{METRIC}/data?start={}&end={}&granularity={granularity}&aggregation={aggregation}{group_by}",
+        range.start, range.end
     );
     let r = client.get(&url).bearer_auth(token).send().await?;
     let status = r.status();
@@ -137,10 +139,11 @@ async fn query(
     }
     let mut points = Vec::new();
     for s in v["series"].as_array().into_iter().flatten() {
+        let series = s["dimensions"]["s"].as_str().and_then(|x| x.parse().ok());
         for p in s["points"].as_array().into_iter().flatten() {
             let ts = p[0].as_i64().ok_or_else(|| anyhow!("bad point {p}"))?;
             let value = p[1].as_f64().ok_or_else(|| anyhow!("bad point {p}"))?;
-            points.push((ts, value));
+            points.push((series, ts, value));
         }
     }
     Ok(points)
@@ -154,22 +157,38 @@ async fn check_node(
     t0_ms: i64,
 ) -> Result<Check> {
     let token = login(client, base).await?;
-    let ids = sent.len() as i64;
+    let ids = sent.len() as u64;
     let mut count = vec![0u64; sent.len()];
     let mut c = Check {
         node,
         ..Check::default()
     };
+    // Every millisecond that holds a point handed out so far.
+    let last_ms = t0_ms + ids.div_ceil(SERIES) as i64;
     let mut start = t0_ms;
-    while start < t0_ms + ids {
-        let end = (start + CHUNK_MS).min(t0_ms + ids);
-        for (ts, n) in query(client, base, &token, start, end, "1ms", "count").await? {
-            let id = ts - t0_ms;
-            match count.get_mut(id as usize) {
-                Some(slot) if id >= 0 => *slot += n as u64,
-                _ => {
+    while start < last_ms {
+        let end = (start + CHUNK_MS).min(last_ms);
+        for (series, ts, n) in query(
+            client,
+            base,
+            &token,
+            start..end,
+            "1ms",
+            "count",
+            "&group_by=s",
+        )
+        .await?
+        {
+            let id = series.and_then(|s| id_at(t0_ms, ts, s));
+            match id {
+                Some(id) if id < ids => count[id as usize] += n as u64,
+                // Handed out after this check's copy of the record was taken.
+                Some(_) => {}
+                None => {
                     c.phantom += n as u64;
-                    c.problem(format!("point at {ts} is outside the workload's range"));
+                    c.problem(format!(
+                        "{n} point(s) at {ts} in series {series:?}, outside the workload's placement"
+                    ));
                 }
             }
         }
@@ -184,7 +203,7 @@ async fn check_node(
         }
         if n > 0 {
             c.present += 1;
-            let ts = t0_ms + id as i64;
+            let (ts, _) = place(t0_ms, id as u64);
             *expected_sums.entry(ts.div_euclid(1000) * 1000).or_default() += n as f64 * id as f64;
         }
         if n > 1 {
@@ -199,11 +218,17 @@ async fn check_node(
         }
     }
     let first = t0_ms.div_euclid(1000) * 1000;
-    let sums = query(client, base, &token, first, t0_ms + ids + 1000, "1s", "sum").await?;
-    // A bucket reaching past the last id handed out may hold points sent since.
-    let complete = |ts: i64| ts + 1000 <= t0_ms + ids;
+    let sums = query(client, base, &token, first..last_ms + 1000, "1s", "sum", "").await?;
+    // A bucket reaching past the last id handed out may hold points sent since: only buckets
+    // whose every millisecond is full of handed-out ids count.
+    let full_ms = t0_ms + (ids / SERIES) as i64;
+    let complete = |ts: i64| ts + 1000 <= full_ms;
     expected_sums.retain(|ts, _| complete(*ts));
-    let mut got: BTreeMap<i64, f64> = sums.into_iter().filter(|(ts, _)| complete(*ts)).collect();
+    let mut got: BTreeMap<i64, f64> = sums
+        .into_iter()
+        .map(|(_, ts, v)| (ts, v))
+        .filter(|(ts, _)| complete(*ts))
+        .collect();
     for (ts, want) in &expected_sums {
         let have = got.remove(ts).unwrap_or(0.0);
         if have != *want {

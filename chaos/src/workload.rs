@@ -2,9 +2,11 @@
 //! batch that was not acknowledged on the next node with the same idempotency key, and record
 //! every attempt and every acknowledgement.
 //!
-//! Point `id` is metric `chaos`, event time `t0 + id` ms, value `id`, dimension `s = id % 64`
-//! (so a batch touches nearly every shard). Event times are unique, so a 1 ms query bucket
-//! holds one point: the checker can see each point on its own.
+//! Point `id` is metric `chaos`, value `id`, in series `s = id % 64` at event time
+//! `t0 + id / 64` ms (see [`place`]): a batch touches nearly every shard, and a 1 ms bucket of
+//! one series holds one point, so the checker can see each point on its own. 64 points share
+//! a millisecond, so event time runs far slower than the clock (a fast run never writes into
+//! the future, which the node would refuse).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,18 @@ use tokio::task::JoinHandle;
 use crate::cluster::login;
 
 pub const METRIC: &str = "chaos";
-const SERIES: u64 = 64;
+pub const SERIES: u64 = 64;
+
+/// Event time (ms) and series of point `id`.
+pub fn place(t0_ms: i64, id: u64) -> (i64, u64) {
+    (t0_ms + (id / SERIES) as i64, id % SERIES)
+}
+
+/// The point at event time `ts` in series `s`, if the placement has one there.
+pub fn id_at(t0_ms: i64, ts: i64, s: u64) -> Option<u64> {
+    let ms = u64::try_from(ts - t0_ms).ok()?;
+    (s < SERIES).then(|| ms * SERIES + s)
+}
 
 /// One HTTP request of a writer.
 #[derive(Clone, Copy, Debug)]
@@ -171,11 +184,12 @@ impl Writer {
             };
             let points: Vec<_> = (first..first + u64::from(n))
                 .map(|id| {
+                    let (ts, series) = place(self.t0_ms, id);
                     json!({
                         "metric": METRIC,
-                        "timestamp": self.t0_ms + id as i64,
+                        "timestamp": ts,
                         "value": id as f64,
-                        "dimensions": {"s": (id % SERIES).to_string()},
+                        "dimensions": {"s": series.to_string()},
                     })
                 })
                 .collect();
@@ -266,5 +280,23 @@ impl Writer {
                 points: n,
             });
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_id_has_its_own_place() {
+        let t0 = 1_000_000;
+        let mut seen = std::collections::HashSet::new();
+        for id in 0..10_000 {
+            let (ts, s) = place(t0, id);
+            assert!(seen.insert((ts, s)), "id {id} shares a place");
+            assert_eq!(id_at(t0, ts, s), Some(id));
+        }
+        assert_eq!(id_at(t0, t0 - 1, 0), None);
+        assert_eq!(id_at(t0, t0, SERIES), None);
     }
 }
