@@ -24,6 +24,17 @@ impl Drop for Server {
     }
 }
 
+/// The HTTP address from the node's "ready" line (the rest of stdout is dropped).
+fn ready_addr(child: &mut Child) -> String {
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("pulseboard ready: http://") {
+            return rest.split_whitespace().next().unwrap().to_owned();
+        }
+    }
+    panic!("the node exited before it was ready");
+}
+
 pub async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
@@ -41,14 +52,7 @@ pub async fn start() -> Server {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut addr = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("pulseboard ready: http://") {
-            addr = rest.split_whitespace().next().unwrap().to_owned();
-            break;
-        }
-    }
+    let addr = ready_addr(&mut child);
     let base = format!("http://{addr}");
     let r: Value = reqwest::Client::new()
         .post(format!("{base}/api/v1/auth/login"))
@@ -120,14 +124,7 @@ pub fn start_cluster_node(dir: &std::path::Path, quic: &str, join: Option<&str>)
         cmd.args(["--join", peer]);
     }
     let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut addr = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("pulseboard ready: http://") {
-            addr = rest.split_whitespace().next().unwrap().to_owned();
-            break;
-        }
-    }
+    let addr = ready_addr(&mut child);
     ClusterNode {
         child,
         base: format!("http://{addr}"),

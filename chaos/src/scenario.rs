@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use rand::seq::IndexedRandom;
-use rand::Rng;
 
 use crate::cluster::Cluster;
 use crate::relay::LinkFault;
@@ -219,12 +218,6 @@ async fn watch(cluster: &Cluster, v: usize, hold: Duration) -> Option<f64> {
         .map(|d| d.as_secs_f64() * 1000.0);
     tokio::time::sleep(hold.saturating_sub(started.elapsed())).await;
     r
-}
-
-/// A random fault held for 1–5 s.
-pub async fn run_random(cluster: &mut Cluster, workload: &Workload) -> Result<Outcome> {
-    let hold = Duration::from_millis(rand::rng().random_range(1000..5000));
-    run(cluster, workload, Fault::random(), hold).await
 }
 
 fn done_at(a: &Attempt) -> f64 {

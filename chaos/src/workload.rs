@@ -46,9 +46,6 @@ pub struct Attempt {
 pub struct Batch {
     pub first: u64,
     pub n: u32,
-    /// When its first attempt was sent and when it was acknowledged (seconds since start).
-    pub sent: f64,
-    pub acked: Option<f64>,
 }
 
 #[derive(Clone, Default)]
@@ -194,28 +191,22 @@ impl Writer {
                 })
                 .collect();
             let body = json!({ "data_points": points }).to_string();
-            let mut batch = Batch {
-                first,
-                n,
-                sent: self.started.elapsed().as_secs_f64(),
-                acked: None,
-            };
+            let batch = Batch { first, n };
             let began = Instant::now();
-            loop {
+            let acked = loop {
                 if self.send(node, first, &body, n).await {
-                    batch.acked = Some(self.started.elapsed().as_secs_f64());
-                    break;
+                    break true;
                 }
                 node = (node + 1) % self.bases.len();
                 if began.elapsed() > self.options.give_up {
-                    break;
+                    break false;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            };
             {
                 let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
                 r.in_flight.remove(&first);
-                if batch.acked.is_some() {
+                if acked {
                     r.acked.push(batch);
                 } else {
                     r.uncertain.push(batch);
