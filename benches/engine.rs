@@ -125,7 +125,11 @@ fn main() {
         };
         let http: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let node = Membership::start(&config, http).expect("cluster endpoint");
-        let engine = std::sync::Arc::new(Engine::open(&config, &node).await.expect("open"));
+        let engine = std::sync::Arc::new(
+            Engine::open(&config, &node, meta_store(&config))
+                .await
+                .expect("open"),
+        );
         let per_writer = 25;
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -156,7 +160,9 @@ fn main() {
         config.data_dir = dir.path().to_path_buf();
         config.storage.fsync = false;
         let node = Membership::start(&config, http).expect("cluster endpoint");
-        let engine = Engine::open(&config, &node).await.expect("open");
+        let engine = Engine::open(&config, &node, meta_store(&config))
+            .await
+            .expect("open");
         let qseries = 1_000;
         let hour_start = (now - 3_600_000) / 1000 * 1000;
         for chunk in 0..36 {
@@ -186,4 +192,11 @@ fn main() {
             );
         }
     });
+}
+
+/// The node's metadata store in its data directory (the engine runs the metadata group on it).
+fn meta_store(config: &Config) -> std::sync::Arc<pulseboard::meta::MetaStore> {
+    let path = config.data_dir.join("meta.sqlite");
+    std::fs::create_dir_all(&config.data_dir).expect("data dir");
+    std::sync::Arc::new(pulseboard::meta::MetaStore::open(&path).expect("metadata store"))
 }

@@ -201,10 +201,11 @@ pub fn dashboard_document() -> Value {
 }
 
 /// Creates the demo dashboard (once) owned by `admin`; returns its id.
-pub fn ensure_dashboard(state: &AppState) -> Result<u64> {
+pub async fn ensure_dashboard(state: &AppState) -> Result<u64> {
     let admin = state
         .meta
-        .list_users()?
+        .list_users()
+        .await?
         .into_iter()
         .find(|u| u.role == Role::Admin && !u.disabled)
         .ok_or_else(|| Error::Internal("no enabled admin user".into()))?;
@@ -215,8 +216,8 @@ pub fn ensure_dashboard(state: &AppState) -> Result<u64> {
         scopes: Vec::new(),
         via: Via::Session,
     };
-    ensure_rules(state, &principal)?;
-    let existing = state.meta.list_dashboards(Some(&principal))?;
+    ensure_rules(state, &principal).await?;
+    let existing = state.meta.list_dashboards(Some(&principal)).await?;
     if let Some(d) = existing.iter().find(|d| d["name"] == DASHBOARD_NAME) {
         return Ok(d["id"].as_u64().unwrap_or(0));
     }
@@ -224,13 +225,14 @@ pub fn ensure_dashboard(state: &AppState) -> Result<u64> {
         .map_err(|e| Error::Internal(format!("demo dashboard document: {e}")))?;
     let d = state
         .meta
-        .import_dashboard(&principal, doc, crate::now_ms())?;
+        .import_dashboard(&principal, doc, crate::now_ms())
+        .await?;
     Ok(d["id"].as_u64().unwrap_or(0))
 }
 
 /// Two rules that fire now and then on the demo's streams: a host's CPU spike, and an anomaly
 /// in ad clicks (the campaigns' spikes).
-fn ensure_rules(state: &AppState, admin: &Principal) -> Result<()> {
+async fn ensure_rules(state: &AppState, admin: &Principal) -> Result<()> {
     if !state.meta.list_alert_rules()?.is_empty() {
         return Ok(());
     }
@@ -247,7 +249,8 @@ fn ensure_rules(state: &AppState, admin: &Principal) -> Result<()> {
             .map_err(|e| Error::Internal(format!("demo alert rule: {e}")))?;
         state
             .meta
-            .put_alert_rule(admin, None, spec, None, crate::now_ms())?;
+            .put_alert_rule(admin, None, spec, None, crate::now_ms())
+            .await?;
     }
     state.alerts.reload();
     Ok(())

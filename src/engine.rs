@@ -16,6 +16,7 @@ use cluster::raft::{LogStore, Network, Router};
 use cluster::{FsyncMode, LogConfig, SharedLog};
 use dashmap::DashMap;
 use openraft::Raft;
+use protocol::cluster::META_GROUP;
 use protocol::{DataPoint, PointError, ShardBatch};
 use ractor::Actor;
 use tokio::sync::{Notify, Semaphore};
@@ -25,7 +26,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ingest::Admission;
 use crate::membership::Membership;
-use crate::replication::ShardGroups;
+use crate::meta::group::{MetaGroup, MetaMachine};
+use crate::meta::MetaStore;
+use crate::replication::RaftGroups;
 use crate::shard::group::{ShardMachine, ShardRaft};
 use crate::shard::{
     snapshot, Layout, Partial, Shard, ShardArgs, ShardMsg, ShardQuery, ShardRef, ShardState,
@@ -35,13 +38,29 @@ use crate::shard::{
 /// Timing of the shard groups: heartbeats every 150 ms; a leader's lease (openraft 0.9:
 /// `election_timeout_max`) is 0.5 s, after which voters grant votes to another candidate.
 /// openraft's election timer is off: elections are called by the failure detector
-/// (`ShardGroups::spawn_failure_detector`), which replaces a dead leader in 0.5–0.7 s.
+/// (`RaftGroups::spawn_failure_detector`), which replaces a dead leader in 0.5–0.7 s.
 /// openraft 0.9 also uses the heartbeat interval as the timeout of every append-entries RPC,
 /// so a replication message is kept small (16 entries, a few hundred KB of points) to fit in
 /// it on a loaded machine; a larger one would time out and be resent forever.
 fn raft_config() -> Result<Arc<openraft::Config>> {
+    raft_config_with("pulseboard-shards", openraft::SnapshotPolicy::Never)
+}
+
+/// The metadata group's timing is the shards'; it snapshots itself (a copy of the SQLite
+/// store) every 1 000 entries.
+fn meta_raft_config() -> Result<Arc<openraft::Config>> {
+    raft_config_with(
+        "pulseboard-meta",
+        openraft::SnapshotPolicy::LogsSinceLast(1000),
+    )
+}
+
+fn raft_config_with(
+    name: &str,
+    snapshot_policy: openraft::SnapshotPolicy,
+) -> Result<Arc<openraft::Config>> {
     let c = openraft::Config {
-        cluster_name: "pulseboard-shards".into(),
+        cluster_name: name.into(),
         heartbeat_interval: 150,
         election_timeout_min: 300,
         election_timeout_max: 500,
@@ -49,8 +68,8 @@ fn raft_config() -> Result<Arc<openraft::Config>> {
         install_snapshot_timeout: 10_000,
         snapshot_max_chunk_size: 4 << 20,
         max_payload_entries: 16,
-        // Snapshots are taken on the engine's own schedule (`snapshot_interval`).
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // Shards snapshot on the engine's own schedule (`snapshot_interval`).
+        snapshot_policy,
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
         ..Default::default()
@@ -117,10 +136,10 @@ impl ShardSet {
 
 pub struct Engine {
     shards: Vec<ShardRef>,
-    groups: Arc<ShardGroups>,
+    groups: Arc<RaftGroups>,
     router: Arc<Router>,
     snapshots: tokio::task::JoinHandle<()>,
-    /// Calls elections when a leader stops answering (`ShardGroups::spawn_failure_detector`).
+    /// Calls elections when a leader stops answering (`RaftGroups::spawn_failure_detector`).
     detector: Detector,
     log: Arc<SharedLog>,
     admission: Admission,
@@ -189,7 +208,7 @@ impl Engine {
     /// Opens the data directory: loads each shard's snapshot, starts the shard actors and
     /// their Raft groups (which re-apply the committed log tail), and waits until every group
     /// has a leader and has applied what was committed.
-    pub async fn open(config: &Config, node: &Membership) -> Result<Self> {
+    pub async fn open(config: &Config, node: &Membership, meta: Arc<MetaStore>) -> Result<Self> {
         let dir = &config.data_dir;
         let wal_dir = dir.join("wal");
         let snap_dir = dir.join("shards");
@@ -276,24 +295,26 @@ impl Engine {
             node.router.insert(shard, Arc::new(raft.clone()));
             groups.push(raft);
         }
-        let mut fresh = true;
+        let meta_raft = Raft::new(
+            node_id,
+            meta_raft_config()?,
+            Network::new(node.transport.clone(), META_GROUP),
+            LogStore::new(log.clone(), META_GROUP),
+            MetaMachine::new(meta)?,
+        )
+        .await
+        .map_err(|e| Error::Storage(format!("metadata group: start its Raft: {e}")))?;
+        node.router.insert(META_GROUP, Arc::new(meta_raft.clone()));
+        let founding = config.join.is_none();
+        let mut fresh = !found(&meta_raft, META_GROUP, node_id, &me, founding).await?;
         for (shard, raft) in groups.iter().enumerate() {
-            let initialized = raft
-                .is_initialized()
-                .await
-                .map_err(|e| Error::Storage(format!("shard {shard}: {e}")))?;
-            fresh &= !initialized;
-            if !initialized && config.join.is_none() {
-                // A new data directory, not joining: this node founds the group alone.
-                let members = std::collections::BTreeMap::from([(node_id, me.clone())]);
-                raft.initialize(members)
-                    .await
-                    .map_err(|e| Error::Storage(format!("shard {shard}: initialize: {e}")))?;
-            }
+            fresh &= !found(raft, shard as u32, node_id, &me, founding).await?;
         }
         let rafts = groups;
-        let groups = Arc::new(ShardGroups::new(
+        let meta = Arc::new(MetaGroup::new(meta_raft, node_id, node.transport.clone()));
+        let groups = Arc::new(RaftGroups::new(
             rafts.clone(),
+            meta,
             node_id,
             node.transport.clone(),
             config.cluster.replication_factor,
@@ -376,6 +397,11 @@ impl Engine {
                 Err(actual) => prev = actual,
             }
         }
+    }
+
+    /// The metadata group (the metadata service proposes through it).
+    pub fn meta_group(&self) -> &Arc<MetaGroup> {
+        self.groups.meta()
     }
 
     pub fn shard_count(&self) -> u32 {
@@ -642,6 +668,10 @@ impl Engine {
                 warn!(shard, cause = %e, "raft group shutdown");
             }
         }
+        self.router.remove(META_GROUP);
+        if let Err(e) = self.groups.meta().raft().shutdown().await {
+            warn!(cause = %e, "metadata group shutdown");
+        }
         drop(self.groups);
         for shard in &self.shards {
             match shard
@@ -667,6 +697,31 @@ impl Engine {
             Err(_) => warn!("write-ahead log still referenced at shutdown; dropped instead"),
         }
     }
+}
+
+/// Whether the group had state; if not and this node is `founding` the cluster (a new data
+/// directory, not joining), this node founds the group as its only member.
+async fn found<C>(
+    raft: &Raft<C>,
+    group: u32,
+    node_id: u64,
+    me: &cluster::raft::Member,
+    founding: bool,
+) -> Result<bool>
+where
+    C: openraft::RaftTypeConfig<NodeId = u64, Node = cluster::raft::Member>,
+{
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Storage(format!("group {group}: {e}")))?;
+    if !initialized && founding {
+        let members = std::collections::BTreeMap::from([(node_id, me.clone())]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| Error::Storage(format!("group {group}: initialize: {e}")))?;
+    }
+    Ok(initialized)
 }
 
 /// Every `every`, asks each group that applied something new to snapshot (openraft then
@@ -754,7 +809,11 @@ mod tests {
             ..Config::default()
         };
         let node = Membership::start(&config, "127.0.0.1:0".parse().expect("addr")).expect("node");
-        (Engine::open(&config, &node).await.expect("open"), node)
+        let store = Arc::new(MetaStore::open(&dir.join("meta.sqlite")).expect("metadata"));
+        (
+            Engine::open(&config, &node, store).await.expect("open"),
+            node,
+        )
     }
 
     async fn count(engine: &Engine, now: i64) -> f64 {

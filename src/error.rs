@@ -86,7 +86,10 @@ impl Error {
                 MetaError::Invalid { .. } => "invalid_field",
                 MetaError::BadCredentials => "unauthorized",
                 MetaError::Forbidden(_) => "forbidden",
-                MetaError::Storage { .. } | MetaError::Corrupt { .. } => "metadata",
+                MetaError::Storage { .. } | MetaError::Corrupt { .. } | MetaError::Failed(_) => {
+                    "metadata"
+                }
+                MetaError::Unavailable(_) => "unavailable",
             },
             Error::Auth(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
@@ -129,7 +132,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Error::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
-            Error::Unavailable(_) => Some(1),
+            Error::Unavailable(_) | Error::Meta(MetaError::Unavailable(_)) => Some(1),
             _ => None,
         }
     }

@@ -175,7 +175,7 @@ impl FromRequestParts<Shared> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
         let token = bearer(parts).unwrap_or("");
-        let principal = state.meta.authenticate(token, crate::now_ms())?;
+        let principal = state.meta.authenticate(token, crate::now_ms()).await?;
         Ok(Auth(principal))
     }
 }
@@ -193,7 +193,7 @@ impl FromRequestParts<Shared> for MaybeAuth {
         }
         let token = bearer(parts).unwrap_or("");
         Ok(MaybeAuth(Some(
-            state.meta.authenticate(token, crate::now_ms())?,
+            state.meta.authenticate(token, crate::now_ms()).await?,
         )))
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use pulseboard::config::Config;
-use pulseboard::meta::{MetaService, Role};
+use pulseboard::meta::{create_user_command, MetaStore, Role};
 
 #[derive(Parser)]
 #[command(
@@ -75,7 +75,8 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Add a user (the node may be running: the metadata store is shared safely).
+    /// Add a user through the node on this data directory (running, or when it next starts):
+    /// the command is left in the node's inbox and replicated to the whole cluster.
     Add {
         #[arg(long, env = "PULSEBOARD_DATA_DIR", default_value = "./pulseboard-data")]
         data_dir: PathBuf,
@@ -116,11 +117,38 @@ fn main() -> anyhow::Result<()> {
             } => {
                 std::fs::create_dir_all(&data_dir)
                     .with_context(|| format!("create {}", data_dir.display()))?;
-                let meta = MetaService::open(
-                    &data_dir.join("meta.sqlite"),
-                    Config::default().auth.session_ttl,
-                )?;
-                let user = meta.create_user(&username, &password, role, pulseboard::now_ms())?;
+                let store = MetaStore::open(&data_dir.join("meta.sqlite"))?;
+                let (id, cmd) = runtime.block_on(create_user_command(
+                    &username,
+                    &password,
+                    role,
+                    pulseboard::now_ms(),
+                ))?;
+                // The node proposes it to the cluster's metadata group and records the outcome.
+                let queued = store.inbox_push(&cmd, pulseboard::now_ms())?;
+                let started = std::time::Instant::now();
+                let outcome = loop {
+                    if let Some(o) = store.inbox_outcome(queued)? {
+                        break Some(o);
+                    }
+                    if started.elapsed() > std::time::Duration::from_secs(15) {
+                        break None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                };
+                let user = serde_json::json!({
+                    "id": id, "username": username, "role": role,
+                });
+                match outcome {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => anyhow::bail!("user {username:?} not added: {e}"),
+                    None => {
+                        eprintln!(
+                            "queued: the node on {} adds the user when it runs (none answered within 15 s)",
+                            data_dir.display()
+                        );
+                    }
+                }
                 println!("{}", serde_json::to_string(&user)?);
                 Ok(())
             }
@@ -189,7 +217,7 @@ async fn serve(mut args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     );
     let generator = if demo {
         let state = started.node.state();
-        let id = pulseboard::demo::ensure_dashboard(&state)?;
+        let id = pulseboard::demo::ensure_dashboard(&state).await?;
         let password = args.admin_password.as_deref().unwrap_or(DEMO_PASSWORD);
         println!();
         println!("  Pulseboard demo: live streams of ad clicks, players online and server metrics");

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::replication::ShardGroups;
+use crate::replication::RaftGroups;
 
 /// Who this node is.
 #[derive(Clone, Debug)]
@@ -103,10 +103,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// What this node answers to other nodes: Raft RPCs for the groups it hosts, batches
-/// forwarded to the shards it leads, and joins.
+/// forwarded to the shards it leads, metadata commands and read barriers for the metadata
+/// group it leads, and joins.
 struct NodeService {
     router: Arc<Router>,
-    groups: Arc<OnceLock<Arc<ShardGroups>>>,
+    groups: Arc<OnceLock<Arc<RaftGroups>>>,
 }
 
 fn refuse(message: String, retry: bool) -> Reply {
@@ -140,7 +141,7 @@ impl Service for NodeService {
                     }
                 })
             }
-            Channel::Meta => Box::pin(async move {
+            Channel::Join => Box::pin(async move {
                 let join = match protocol::codec::decode(&request.body) {
                     Ok(j) => j,
                     Err(e) => {
@@ -164,6 +165,12 @@ impl Service for NodeService {
                     },
                 }
             }),
+            Channel::MetaWrite => {
+                Box::pin(async move { groups.meta().serve_write(&request.body).await })
+            }
+            Channel::MetaReadIndex => {
+                Box::pin(async move { groups.meta().serve_read_index().await })
+            }
             other => refuse(
                 format!("this node does not serve {other:?} requests"),
                 false,
@@ -177,7 +184,7 @@ pub struct Membership {
     pub identity: Identity,
     pub transport: Arc<Transport>,
     pub router: Arc<Router>,
-    groups: Arc<OnceLock<Arc<ShardGroups>>>,
+    groups: Arc<OnceLock<Arc<RaftGroups>>>,
     http_addr: SocketAddr,
     advertise: Option<SocketAddr>,
 }
@@ -247,7 +254,7 @@ impl Membership {
     }
 
     /// Hands the node's shard groups to the service answering other nodes.
-    pub fn attach(&self, groups: Arc<ShardGroups>) {
+    pub fn attach(&self, groups: Arc<RaftGroups>) {
         let _ = self.groups.set(groups);
     }
 

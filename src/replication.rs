@@ -1,33 +1,39 @@
-//! The node's shard groups as a whole: proposing a batch wherever its shard's leader is,
-//! serving batches other nodes forward, adding a joining node to the groups, and the cluster
-//! as the groups see it (`GET /api/v1/cluster`).
+//! The node's Raft groups as a whole (every shard's, and the metadata group): proposing a
+//! batch wherever its shard's leader is, serving batches other nodes forward, the failure
+//! detector that calls elections, adding a joining node to the groups, and the cluster as the
+//! groups see it (`GET /api/v1/cluster`).
 //!
-//! Until the metadata group exists, shard 0's leader coordinates joins: a joining node asks
-//! any member, which passes the request on to each shard's leader.
+//! A joining node asks any member, which adds it to the groups it leads and passes the others
+//! on to their leaders.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::raft::Member;
+use cluster::raft::{GroupRpc, Member};
 use cluster::transport::{Transport, TransportError};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Raft};
-use protocol::cluster::{Channel, JoinAnswer, JoinRequest, Request, Response};
+use openraft::Raft;
+use protocol::cluster::{Channel, JoinAnswer, JoinRequest, Request, Response, META_GROUP};
 use protocol::ShardBatch;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::membership::{ClusterView, NodeView, ShardView};
+use crate::meta::group::MetaGroup;
 use crate::shard::group::ShardRaft;
 
 /// How long a write waits for its shard to have a reachable leader (an election after a
 /// leader dies takes 0.5–1 s) before it fails with 503.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 
-pub struct ShardGroups {
+pub struct RaftGroups {
     rafts: Vec<Raft<ShardRaft>>,
+    meta: Arc<MetaGroup>,
+    /// Every group, shards and metadata, by group number: what elections, joins and the
+    /// cluster view go over.
+    groups: Vec<(u32, Arc<dyn GroupRpc>)>,
     node_id: u64,
     transport: Arc<Transport>,
     replication_factor: usize,
@@ -35,33 +41,53 @@ pub struct ShardGroups {
 
 type WriteError = RaftError<u64, ClientWriteError<u64, Member>>;
 
-impl ShardGroups {
+impl RaftGroups {
     pub fn new(
         rafts: Vec<Raft<ShardRaft>>,
+        meta: Arc<MetaGroup>,
         node_id: u64,
         transport: Arc<Transport>,
         replication_factor: usize,
     ) -> Self {
+        let mut groups: Vec<(u32, Arc<dyn GroupRpc>)> = rafts
+            .iter()
+            .enumerate()
+            .map(|(shard, raft)| (shard as u32, Arc::new(raft.clone()) as Arc<dyn GroupRpc>))
+            .collect();
+        groups.push((META_GROUP, Arc::new(meta.raft().clone())));
         Self {
             rafts,
+            meta,
+            groups,
             node_id,
             transport,
             replication_factor,
         }
     }
 
-    /// Every group this node hosts: `(shard, last log index, whether this node leads it)`
+    /// Every group this node hosts: `(group, last log index, whether this node leads it)`
     /// (the answer to `Channel::Groups`).
     pub fn status(&self) -> Vec<(u32, u64, bool)> {
-        self.rafts
+        self.groups
             .iter()
-            .enumerate()
-            .map(|(shard, raft)| {
-                let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
-                let leads = leader_of(raft).is_some_and(|(l, _)| l == self.node_id);
-                (shard as u32, last, leads)
+            .map(|(id, g)| {
+                let last = g.metrics().borrow().last_log_index.unwrap_or(0);
+                let leads = leader_of(g.as_ref()).is_some_and(|(l, _)| l == self.node_id);
+                (*id, last, leads)
             })
             .collect()
+    }
+
+    pub fn meta(&self) -> &Arc<MetaGroup> {
+        &self.meta
+    }
+
+    fn group(&self, id: u32) -> Result<&dyn GroupRpc> {
+        self.groups
+            .iter()
+            .find(|(g, _)| *g == id)
+            .map(|(_, g)| g.as_ref())
+            .ok_or_else(|| Error::BadRequest(format!("no group {id}")))
     }
 
     pub fn rafts(&self) -> &[Raft<ShardRaft>] {
@@ -219,41 +245,39 @@ impl ShardGroups {
         let wanted: Vec<u32> = req
             .shards
             .clone()
-            .unwrap_or_else(|| (0..self.rafts.len() as u32).collect());
+            .unwrap_or_else(|| self.groups.iter().map(|(id, _)| *id).collect());
         let mut done = Vec::new();
         let mut elsewhere: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for shard in wanted {
-            let raft = self.raft(shard)?;
-            let m = raft.metrics().borrow().clone();
-            if m.current_leader != Some(self.node_id) {
-                match leader_of(raft).and_then(|(_, node)| node) {
-                    Some(leader) if hops < 2 => {
-                        elsewhere.entry(leader.quic).or_default().push(shard)
-                    }
+        for id in wanted {
+            let group = self.group(id)?;
+            let (leads, voters) = {
+                let m = group.metrics();
+                let m = m.borrow();
+                (
+                    m.current_leader == Some(self.node_id),
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .collect::<BTreeSet<u64>>(),
+                )
+            };
+            if !leads {
+                match leader_of(group).and_then(|(_, node)| node) {
+                    Some(leader) if hops < 2 => elsewhere.entry(leader.quic).or_default().push(id),
                     _ => {
                         return Err(Error::Unavailable(format!(
-                            "shard {shard} has no reachable leader; retry the join"
+                            "group {id} has no reachable leader; retry the join"
                         )))
                     }
                 }
                 continue;
             }
-            let membership = m.membership_config.membership().clone();
-            let voters: BTreeSet<u64> = membership.voter_ids().collect();
-            if membership.get_node(&req.node_id).is_none() {
-                raft.add_learner(req.node_id, member.clone(), true)
-                    .await
-                    .map_err(|e| write_error(shard, e))?;
-            }
-            if !voters.contains(&req.node_id) && voters.len() < self.replication_factor {
-                raft.change_membership(
-                    ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id])),
-                    true,
-                )
+            let voter = voters.contains(&req.node_id) || voters.len() < self.replication_factor;
+            group
+                .add_member(req.node_id, member.clone(), voter)
                 .await
-                .map_err(|e| write_error(shard, e))?;
-            }
-            done.push(shard);
+                .map_err(|e| Error::Unavailable(format!("group {id}: {e}")))?;
+            done.push(id);
         }
         for (leader, shards) in elsewhere {
             let addr: SocketAddr = leader
@@ -270,7 +294,7 @@ impl ShardGroups {
                 .call_within(
                     addr,
                     &Request {
-                        channel: Channel::Meta,
+                        channel: Channel::Join,
                         group: 0,
                         body,
                     },
@@ -305,7 +329,7 @@ impl ShardGroups {
                 .call_within(
                     peer,
                     &Request {
-                        channel: Channel::Meta,
+                        channel: Channel::Join,
                         group: 0,
                         body: body.clone(),
                     },
@@ -329,17 +353,30 @@ impl ShardGroups {
     /// Waits until every group counts this node as a member and knows a leader.
     pub async fn wait_for_leaders(&self, within: Duration) -> Result<()> {
         let me = self.node_id;
-        for (shard, raft) in self.rafts.iter().enumerate() {
-            raft.wait(Some(within))
-                .metrics(
-                    |m| {
-                        m.current_leader.is_some()
-                            && m.membership_config.membership().get_node(&me).is_some()
-                    },
-                    "member with a leader",
-                )
-                .await
-                .map_err(|e| Error::Unavailable(format!("shard {shard}: {e}")))?;
+        let deadline = tokio::time::Instant::now() + within;
+        for (id, group) in &self.groups {
+            let mut metrics = group.metrics();
+            let ready = |m: &openraft::RaftMetrics<u64, Member>| {
+                m.current_leader.is_some()
+                    && m.membership_config.membership().get_node(&me).is_some()
+            };
+            loop {
+                if ready(&metrics.borrow()) {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        return Err(Error::Unavailable(format!("group {id}: stopped")));
+                    }
+                    Err(_) => {
+                        return Err(Error::Unavailable(format!(
+                            "group {id}: no leader with this node as a member within {} s",
+                            within.as_secs()
+                        )))
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -348,16 +385,21 @@ impl ShardGroups {
     pub async fn view(&self) -> ClusterView {
         let mut nodes: BTreeMap<u64, (Member, bool)> = BTreeMap::new();
         let mut shards = Vec::with_capacity(self.rafts.len());
-        for (shard, raft) in self.rafts.iter().enumerate() {
-            let m = raft.metrics().borrow().clone();
+        let mut meta_leader = 0;
+        for (group, g) in &self.groups {
+            let m = g.metrics().borrow().clone();
             let membership = m.membership_config.membership();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             for (id, node) in membership.nodes() {
                 let e = nodes.entry(*id).or_insert((node.clone(), false));
                 e.1 |= voters.contains(id);
             }
+            if *group == META_GROUP {
+                meta_leader = m.current_leader.unwrap_or(0);
+                continue;
+            }
             shards.push(ShardView {
-                shard: shard as u32,
+                shard: *group,
                 leader: m.current_leader.unwrap_or(0),
                 replicas: membership.nodes().map(|(id, _)| *id).collect(),
             });
@@ -390,7 +432,7 @@ impl ShardGroups {
                     alive,
                 })
                 .collect(),
-            meta_leader: shards.first().map_or(0, |s| s.leader),
+            meta_leader,
             shards,
         }
     }
@@ -402,7 +444,7 @@ const QUORUM_SILENCE_MS: u64 = 1_000;
 
 /// `Some(ms)` if this node leads the group but has not heard from a majority for longer than
 /// [`QUORUM_SILENCE_MS`] (it is cut off, or its peers are down).
-fn cut_off(raft: &Raft<ShardRaft>) -> Option<u64> {
+fn cut_off(raft: &dyn GroupRpc) -> Option<u64> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
     if m.membership_config.membership().voter_ids().count() < 2 {
@@ -412,7 +454,7 @@ fn cut_off(raft: &Raft<ShardRaft>) -> Option<u64> {
         .filter(|&ms| ms > QUORUM_SILENCE_MS)
 }
 
-impl ShardGroups {
+impl RaftGroups {
     /// How long to wait before calling an election in `shard`: at least 100 ms, so the voters'
     /// leases (0.5 s from the last heartbeat they got, which may be a little after our last
     /// probe) have run out; then the remaining voters take turns 200 ms apart, longest log
@@ -422,7 +464,7 @@ impl ShardGroups {
     /// can refuse each other round after round: the turns keep them apart.
     fn election_delay(
         &self,
-        raft: &Raft<ShardRaft>,
+        raft: &dyn GroupRpc,
         shard: u32,
         leader: Option<u64>,
         logs: &BTreeMap<(u64, u32), u64>,
@@ -464,7 +506,7 @@ impl ShardGroups {
 
 /// The group's leader as this node knows it, and its address when it is a member. Reads the
 /// metrics in place (this runs for every shard of every write).
-fn leader_of(raft: &Raft<ShardRaft>) -> Option<(u64, Option<Member>)> {
+pub fn leader_of(raft: &dyn GroupRpc) -> Option<(u64, Option<Member>)> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
     let leader = m.current_leader?;
@@ -491,7 +533,7 @@ const PING_EVERY: Duration = Duration::from_millis(100);
 /// openraft's voters hold (`election_timeout_max`), after which they grant votes.
 const SUSPECT_AFTER: Duration = Duration::from_millis(500);
 
-impl ShardGroups {
+impl RaftGroups {
     /// The only caller of elections (openraft's own election timer is off: `enable_elect`).
     /// openraft 0.9 elects when a follower misses heartbeats, and heartbeats are
     /// append-entries RPCs with a timeout of one heartbeat interval that back off for 0.5 s
@@ -521,8 +563,8 @@ impl ShardGroups {
                 let mut leaders: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
                 let mut peers: BTreeMap<u64, SocketAddr> = BTreeMap::new();
                 let mut suspects: Vec<(u32, Option<u64>)> = Vec::new();
-                for (shard, raft) in me.rafts.iter().enumerate() {
-                    let shard = shard as u32;
+                for (shard, raft) in &me.groups {
+                    let (shard, raft) = (*shard, raft.as_ref());
                     // (Never borrow the metrics twice at once: a waiting writer between the
                     // two read locks deadlocks the runtime.)
                     let (voter, voters) = {
@@ -613,11 +655,11 @@ impl ShardGroups {
                     }
                     let again = Duration::from_millis(500 + rand::random_range(0..500));
                     next_call.insert(shard, Instant::now() + again);
-                    let Ok(raft) = me.raft(shard) else { continue };
+                    let Ok(raft) = me.group(shard) else { continue };
                     let delay = me.election_delay(raft, shard, leader, &logs);
                     let me = me.clone();
                     tokio::spawn(async move {
-                        let Ok(raft) = me.raft(shard) else { return };
+                        let Ok(raft) = me.group(shard) else { return };
                         tokio::time::sleep(delay).await;
                         // Still the same leader (or still none)?
                         if leader_of(raft).map(|(l, _)| l) != leader {
@@ -631,7 +673,7 @@ impl ShardGroups {
                             ),
                             None => info!(shard, "no leader; calling an election"),
                         }
-                        let _ = raft.trigger().elect().await;
+                        raft.elect().await;
                     });
                 }
             }

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
-use crate::meta::MetaService;
+use crate::meta::{MetaService, MetaStore};
 use crate::telemetry::Telemetry;
 
 /// A running node. Dropping it without [`Node::stop`] aborts without the final snapshot
@@ -26,6 +26,8 @@ pub struct Node {
     http_task: JoinHandle<std::io::Result<()>>,
     /// The alert actor; it stops when live updates close.
     alert_task: JoinHandle<()>,
+    /// Proposes what `pulseboard user add` leaves in the inbox; aborted at stop.
+    inbox_task: JoinHandle<()>,
 }
 
 /// What the first start prints once: the generated admin password, if one was generated.
@@ -43,11 +45,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
         ))
     })?;
     let t = Instant::now();
-    let meta = MetaService::open(
-        &config.data_dir.join("meta.sqlite"),
-        config.auth.session_ttl,
-    )?;
-    let generated_admin_password = meta.bootstrap(admin_password)?;
+    let store = Arc::new(MetaStore::open(&config.data_dir.join("meta.sqlite"))?);
     info!(ms = t.elapsed().as_millis() as u64, "metadata store open");
 
     let listener = TcpListener::bind(config.http)
@@ -64,12 +62,19 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
     );
 
     let t = Instant::now();
-    let engine = Engine::open(&config, &membership).await?;
+    let engine = Engine::open(&config, &membership, store.clone()).await?;
     info!(
         ms = t.elapsed().as_millis() as u64,
         shards = engine.shard_count(),
         "storage engine recovered"
     );
+    let meta = MetaService::new(store, engine.meta_group().clone(), config.auth.session_ttl)?;
+    // The node that founds the cluster creates the first admin; a joining node has the
+    // cluster's users already (replicated).
+    let generated_admin_password = match config.join {
+        None => meta.bootstrap(admin_password).await?,
+        Some(_) => None,
+    };
 
     let live = crate::live::LiveHub::new(
         engine.shard_set(),
@@ -87,6 +92,8 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
         config,
     });
     let alert_task = tokio::spawn(crate::alert::evaluator::run(state.clone(), alert_rx));
+    let inbox = state.clone();
+    let inbox_task = tokio::spawn(async move { inbox.meta.serve_inbox().await });
     let app = http::router(state.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -104,6 +111,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
             stop_http: Some(stop_tx),
             http_task,
             alert_task,
+            inbox_task,
         },
         generated_admin_password,
     })
@@ -133,6 +141,8 @@ impl Node {
         }
         info!(ms = t.elapsed().as_millis() as u64, "http stopped");
         let t = Instant::now();
+        self.inbox_task.abort();
+        let _ = (&mut self.inbox_task).await;
         self.state.live.shutdown().await;
         if let Err(e) = (&mut self.alert_task).await {
             warn!(cause = %e, "alert actor failed");

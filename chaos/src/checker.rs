@@ -1,7 +1,8 @@
 //! The checker: after a scenario, asks every running node for every point the workload
 //! sent (1 ms buckets grouped by series: one point each) and for 1 s sums, and verifies that each acknowledged
 //! point is there exactly once, nothing is there twice or was never sent, and the rollup sums
-//! agree with the points.
+//! agree with the points. It also lists every node's dashboards: each acknowledged `chaos-<n>`
+//! must be there, and none twice.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +25,12 @@ pub struct Check {
     pub duplicated: u64,
     pub phantom: u64,
     pub sum_mismatches: u64,
+    /// Dashboards: acknowledged, present, and the two ways to be wrong (every number below
+    /// the record's `meta_next` was attempted once, so any of them may be there once).
+    pub meta_acked: u64,
+    pub meta_present: u64,
+    pub meta_lost: u64,
+    pub meta_duplicated: u64,
     pub problems: Vec<String>,
 }
 
@@ -35,7 +42,12 @@ impl Check {
     }
 
     pub fn ok(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.phantom == 0 && self.sum_mismatches == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.phantom == 0
+            && self.sum_mismatches == 0
+            && self.meta_lost == 0
+            && self.meta_duplicated == 0
     }
 }
 
@@ -52,6 +64,11 @@ impl fmt::Display for Check {
             self.duplicated,
             self.phantom,
             self.sum_mismatches
+        )?;
+        write!(
+            f,
+            "; dashboards: {} acknowledged, {} present; lost {}, duplicated {}",
+            self.meta_acked, self.meta_present, self.meta_lost, self.meta_duplicated
         )?;
         for p in self.problems.iter().take(5) {
             write!(f, "\n    {p}")?;
@@ -102,7 +119,12 @@ pub async fn check(
         let base = cluster.nodes[i].base();
         let deadline = Instant::now() + within;
         loop {
-            let result = check_node(&client, &base, i, &sent, t0_ms).await;
+            let result = match check_node(&client, &base, i, &sent, t0_ms).await {
+                Ok(mut c) => check_dashboards(&client, &base, record, &mut c)
+                    .await
+                    .map(|()| c),
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(c) if c.ok() || Instant::now() > deadline => {
                     out.push(c);
@@ -116,6 +138,52 @@ pub async fn check(
         }
     }
     Ok(out)
+}
+
+/// Lists `base`'s dashboards into `c`'s metadata counts.
+async fn check_dashboards(
+    client: &reqwest::Client,
+    base: &str,
+    record: &Record,
+    c: &mut Check,
+) -> Result<()> {
+    let token = login(client, base).await?;
+    let url = format!("{base}/api/v1/dashboards");
+    let r = client.get(&url).bearer_auth(&token).send().await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        return Err(anyhow!("{url}: {status} {v}"));
+    }
+    let mut count: BTreeMap<u64, u64> = BTreeMap::new();
+    for d in v["dashboards"].as_array().into_iter().flatten() {
+        let n = d["name"]
+            .as_str()
+            .and_then(|name| name.strip_prefix("chaos-"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n {
+            *count.entry(n).or_default() += 1;
+        }
+    }
+    for &n in &record.meta_acked {
+        c.meta_acked += 1;
+        if !count.contains_key(&n) {
+            c.meta_lost += 1;
+            c.problem(format!("acknowledged dashboard chaos-{n} is missing"));
+        }
+    }
+    for (&n, &times) in &count {
+        // Attempted after this check's copy of the record was taken.
+        if n >= record.meta_next {
+            continue;
+        }
+        c.meta_present += 1;
+        if times > 1 {
+            c.meta_duplicated += 1;
+            c.problem(format!("dashboard chaos-{n} is there {times} times"));
+        }
+    }
+    Ok(())
 }
 
 async fn query(

@@ -88,7 +88,7 @@ impl Report {
             pick(&lat, 0.5),
             pick(&lat, 0.99)
         );
-        let _ = writeln!(s, "\nChecks (every acknowledged point exactly once, nothing never sent, 1 s sums match the points):\n");
+        let _ = writeln!(s, "\nChecks (every acknowledged point exactly once, nothing never sent, 1 s sums match the points; every acknowledged dashboard there, none twice):\n");
         for (label, checks) in &self.checks {
             let verdict = if checks.iter().all(Check::ok) {
                 "ok"

@@ -1,6 +1,8 @@
 //! The workload: writers ingest batches of points with unique ids through any node, retry a
 //! batch that was not acknowledged on the next node with the same idempotency key, and record
-//! every attempt and every acknowledgement.
+//! every attempt and every acknowledgement. Beside them a metadata writer creates a dashboard
+//! `chaos-<n>` every [`META_PACE`] through the nodes in turn, once each (creating one is not
+//! idempotent, so a failed attempt is recorded as uncertain, never retried).
 //!
 //! Point `id` is metric `chaos`, value `id`, in series `s = id % 64` at event time
 //! `t0 + id / 64` ms (see [`place`]): a batch touches nearly every shard, and a 1 ms bucket of
@@ -19,6 +21,12 @@ use crate::cluster::login;
 
 pub const METRIC: &str = "chaos";
 pub const SERIES: u64 = 64;
+/// How often the metadata writer creates a dashboard.
+pub const META_PACE: Duration = Duration::from_millis(250);
+/// The name of the metadata writer's dashboard `n`.
+pub fn dashboard_name(n: u64) -> String {
+    format!("chaos-{n}")
+}
 
 /// Event time (ms) and series of point `id`.
 pub fn place(t0_ms: i64, id: u64) -> (i64, u64) {
@@ -60,6 +68,11 @@ pub struct Record {
     /// Ids handed out so far: every id below is in an acknowledged, uncertain or in-flight
     /// batch, so a copy of the record taken under its lock is consistent.
     pub next_id: u64,
+    /// Dashboards whose creation was acknowledged (by number).
+    pub meta_acked: Vec<u64>,
+    /// Dashboard numbers handed out so far (those neither acknowledged nor pending may or
+    /// may not exist).
+    pub meta_next: u64,
 }
 
 pub struct Workload {
@@ -109,22 +122,21 @@ impl Workload {
         let tokens = Arc::new(Mutex::new(vec![None::<String>; bases.len()]));
         let bases = Arc::new(bases);
         let options = Arc::new(options);
-        let writers = (0..options.writers)
-            .map(|w| {
-                let writer = Writer {
-                    w,
-                    t0_ms,
-                    started,
-                    bases: bases.clone(),
-                    tokens: tokens.clone(),
-                    record: record.clone(),
-                    stop: stop.clone(),
-                    options: options.clone(),
-                    client: reqwest::Client::new(),
-                };
-                tokio::spawn(writer.run())
-            })
+        let writer = |w| Writer {
+            w,
+            t0_ms,
+            started,
+            bases: bases.clone(),
+            tokens: tokens.clone(),
+            record: record.clone(),
+            stop: stop.clone(),
+            options: options.clone(),
+            client: reqwest::Client::new(),
+        };
+        let mut writers: Vec<JoinHandle<()>> = (0..options.writers)
+            .map(|w| tokio::spawn(writer(w).run()))
             .collect();
+        writers.push(tokio::spawn(writer(options.writers).run_metadata()));
         Workload {
             t0_ms,
             started,
@@ -229,6 +241,38 @@ impl Writer {
         .ok()?;
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())[node] = Some(t.clone());
         Some(t)
+    }
+
+    /// Creates dashboards `chaos-0`, `chaos-1`, … through the nodes in turn until stopped.
+    async fn run_metadata(self) {
+        let mut node = 0;
+        while !self.stop.load(Ordering::SeqCst) {
+            let n = {
+                let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+                r.meta_next += 1;
+                r.meta_next - 1
+            };
+            let body = json!({ "name": dashboard_name(n) }).to_string();
+            let mut ok = false;
+            if let Some(token) = self.token(node).await {
+                let r = self
+                    .client
+                    .post(format!("{}/api/v1/dashboards", self.bases[node]))
+                    .bearer_auth(token)
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .timeout(self.options.request_timeout)
+                    .send()
+                    .await;
+                ok = matches!(r, Ok(r) if r.status() == reqwest::StatusCode::CREATED);
+            }
+            if ok {
+                let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+                r.meta_acked.push(n);
+            }
+            node = (node + 1) % self.bases.len();
+            tokio::time::sleep(META_PACE).await;
+        }
     }
 
     /// One attempt; true once acknowledged.

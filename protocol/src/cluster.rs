@@ -52,7 +52,7 @@ pub enum Channel {
     RaftVote,
     RaftSnapshot,
     /// Cluster membership: the body is a [`JoinRequest`].
-    Meta,
+    Join,
     /// An ingest batch forwarded to a shard's leader: the body is a `ShardBatch`, the answer
     /// empty once the shard's group committed and applied it.
     Ingest,
@@ -64,16 +64,49 @@ pub enum Channel {
     /// leads)` (a `Vec<(u32, u64, bool)>`): the failure detector's probe, which must tell a
     /// dead leader from a live node that no longer leads, and which voter has the longest log.
     Groups,
+    /// A metadata command forwarded to the metadata group's leader: the body is the command,
+    /// the answer a [`MetaWritten`] once the leader applied it.
+    MetaWrite,
+    /// A read barrier: the metadata group's leader confirms its leadership with a majority
+    /// and answers the log index a linearizable read must wait for (a `u64`).
+    MetaReadIndex,
 }
 
-/// `Channel::Meta` body: a node asks to become a replica of shard groups.
+/// The Raft group of the cluster's metadata (users, keys, dashboards, alert rules); shard
+/// groups are numbered from 0 and stay far below it.
+pub const META_GROUP: u32 = 0x0FFF_FFFF;
+
+/// The leader's answer to a forwarded metadata command: the log index it was applied at (so
+/// the forwarding node can wait until its own replica has it) and, if the command was
+/// refused, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaWritten {
+    pub index: u64,
+    pub refused: Option<Refusal>,
+}
+
+/// Why a replicated metadata command was refused when applied (every replica refuses it
+/// alike).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    NotFound {
+        what: String,
+        id: String,
+    },
+    Conflict(String),
+    /// It would leave no enabled admin.
+    LastAdmin,
+    Failed(String),
+}
+
+/// `Channel::Join` body: a node asks to become a replica of the groups.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub node_id: u64,
     /// Its QUIC and HTTP addresses, as other nodes should use them.
     pub quic: String,
     pub http: String,
-    /// The shards to join; `None` for every shard.
+    /// The groups to join (shard numbers, [`META_GROUP`]); `None` for every group.
     pub shards: Option<Vec<u32>>,
     /// How many nodes passed the request on (a member passes the shards it does not lead to
     /// their leaders; past 2 hops the join fails instead of chasing elections).

@@ -8,6 +8,12 @@
 //! rules sample the window value once per window into a [`Detector`] per group.
 //! Transitions are recorded through metadata commands; notifications are sent on
 //! transitions only (and on the re-notify interval), by tasks that never block evaluation.
+//!
+//! In a cluster only the node leading the metadata group evaluates (and it only while a
+//! majority hears it): every node runs this actor, but the others hold no subscriptions. A
+//! transition is notified only once it is committed in the metadata group, so a deposed
+//! leader that has not noticed yet cannot notify twice; a new leader restores every group's
+//! state from the replicated store and does not re-fire what was firing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -106,12 +112,16 @@ pub async fn run(state: Arc<AppState>, mut control: mpsc::Receiver<AlertMsg>) {
     let mut rules: HashMap<u64, Rule> = HashMap::new();
     let mut closing = state.live.closing();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    reload(&state, &mut rules, &tx, &lagged).await;
+    // Whether this node evaluates (leads the metadata group), and the store's applied index
+    // when the rules were last read (rules may change through any node).
+    let mut leading = false;
+    let mut read_at = 0;
     loop {
         tokio::select! {
             _ = closing.changed() => break,
             msg = control.recv() => match msg {
-                Some(AlertMsg::Reload) => reload(&state, &mut rules, &tx, &lagged).await,
+                Some(AlertMsg::Reload) if leading => reload(&state, &mut rules, &tx, &lagged).await,
+                Some(AlertMsg::Reload) => {}
                 None => break,
             },
             Some(out) = rx.recv() => {
@@ -119,7 +129,7 @@ pub async fn run(state: Arc<AppState>, mut control: mpsc::Receiver<AlertMsg>) {
                     let rule_id: u64 = serde_json::from_str::<String>(&id).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
                     if let Some(rule) = rules.get_mut(&rule_id) {
                         take_totals(rule, &body);
-                        evaluate(&state, &notifier, rule, crate::now_ms());
+                        evaluate(&state, &notifier, rule, crate::now_ms()).await;
                     }
                 }
             }
@@ -132,14 +142,34 @@ pub async fn run(state: Arc<AppState>, mut control: mpsc::Receiver<AlertMsg>) {
                 }
             }
             _ = tick.tick() => {
+                let leads = state.meta.group().is_leader();
+                if leads != leading {
+                    leading = leads;
+                    // Start from the replicated states (or stop evaluating).
+                    leave_all(&state, &mut rules);
+                    read_at = 0;
+                    info!(evaluating = leads, "alert evaluation follows the metadata group's leader");
+                }
+                if !leading {
+                    continue;
+                }
+                let applied = state.meta.applied_index();
+                if applied != read_at {
+                    read_at = applied;
+                    reload(&state, &mut rules, &tx, &lagged).await;
+                }
                 let now = crate::now_ms();
                 for rule in rules.values_mut() {
-                    evaluate(&state, &notifier, rule, now);
+                    evaluate(&state, &notifier, rule, now).await;
                 }
             }
         }
     }
-    for rule in rules.values() {
+    leave_all(&state, &mut rules);
+}
+
+fn leave_all(state: &AppState, rules: &mut HashMap<u64, Rule>) {
+    for (_, rule) in rules.drain() {
         state
             .live
             .leave(&rule.query.key, ALERT_SOCKET, sub_id(rule.id));
@@ -281,7 +311,7 @@ fn take_totals(rule: &mut Rule, body: &str) {
     }
 }
 
-fn evaluate(state: &AppState, notifier: &Notifier, rule: &mut Rule, now: i64) {
+async fn evaluate(state: &AppState, notifier: &Notifier, rule: &mut Rule, now: i64) {
     let window = rule.query.window_ms.max(1_000);
     let mut transitions = Vec::new();
     for g in rule.groups.values_mut() {
@@ -335,18 +365,27 @@ fn evaluate(state: &AppState, notifier: &Notifier, rule: &mut Rule, now: i64) {
                 }
             }
         };
+        let before = g.state;
         g.state = to;
-        if let Err(e) = state.meta.record_alert_transition(
-            rule.id,
-            &rule.spec.name,
-            &g.key,
-            name,
-            &rule.spec.severity,
-            value,
-            now,
-            event,
-        ) {
+        if let Err(e) = state
+            .meta
+            .record_alert_transition(
+                rule.id,
+                &rule.spec.name,
+                &g.key,
+                name,
+                &rule.spec.severity,
+                value,
+                now,
+                event,
+            )
+            .await
+        {
+            // Not committed (this node may no longer lead the metadata group): no notice, and
+            // the transition is tried again on the next evaluation.
             warn!(rule = rule.id, cause = %e, "recording an alert transition failed");
+            g.state = before;
+            continue;
         }
         if event {
             g.last_notified_ms = now;

@@ -62,13 +62,11 @@ impl Notifier {
     fn webhook(&self, rule_id: u64, url: String, payload: Value) {
         let state = self.state.clone();
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            dead_letter(
-                &state,
-                rule_id,
-                &url,
-                &payload,
-                "too many notifications in flight",
-            );
+            // Recorded through the metadata group: not awaited by the alert actor.
+            tokio::spawn(async move {
+                let why = "too many notifications in flight";
+                dead_letter(&state, rule_id, &url, &payload, why).await;
+            });
             return;
         };
         let http = self.http.clone();
@@ -94,20 +92,25 @@ impl Notifier {
                 &url,
                 &payload,
                 &format!("after {ATTEMPTS} attempts: {last_error}"),
-            );
+            )
+            .await;
         });
     }
 }
 
-fn dead_letter(state: &AppState, rule_id: u64, url: &str, payload: &Value, error: &str) {
+async fn dead_letter(state: &AppState, rule_id: u64, url: &str, payload: &Value, error: &str) {
     let channel = format!("webhook {url}");
-    if let Err(e) = state.meta.record_dead_letter(
-        rule_id,
-        &channel,
-        &payload.to_string(),
-        error,
-        crate::now_ms(),
-    ) {
+    if let Err(e) = state
+        .meta
+        .record_dead_letter(
+            rule_id,
+            &channel,
+            &payload.to_string(),
+            error,
+            crate::now_ms(),
+        )
+        .await
+    {
         warn!(rule = rule_id, cause = %e, "recording a dead letter failed");
     }
 }

@@ -62,7 +62,8 @@ pub async fn create(
     let (spec, _) = parse_rule(&read_body(req.into_body(), RULE_BODY).await?)?;
     let rule = state
         .meta
-        .put_alert_rule(&p, None, spec, None, crate::now_ms())?;
+        .put_alert_rule(&p, None, spec, None, crate::now_ms())
+        .await?;
     state.alerts.reload();
     Ok((StatusCode::CREATED, Json(rule)))
 }
@@ -76,7 +77,8 @@ pub async fn update(
     let (spec, version) = parse_rule(&read_body(req.into_body(), RULE_BODY).await?)?;
     let rule = state
         .meta
-        .put_alert_rule(&p, Some(id), spec, version, crate::now_ms())?;
+        .put_alert_rule(&p, Some(id), spec, version, crate::now_ms())
+        .await?;
     state.alerts.reload();
     Ok(Json(rule))
 }
@@ -86,7 +88,7 @@ pub async fn delete(
     Auth(p): Auth,
     Path(id): Path<u64>,
 ) -> ApiResult<StatusCode> {
-    state.meta.delete_alert_rule(&p, id)?;
+    state.meta.delete_alert_rule(&p, id).await?;
     state.alerts.reload();
     Ok(StatusCode::NO_CONTENT)
 }

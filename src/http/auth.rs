@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{bearer, json_body, ApiResult, Auth, Shared};
-use crate::error::Error;
 use crate::meta::{Action, Role, Scope};
 
 #[derive(Deserialize)]
@@ -23,14 +22,10 @@ const SMALL_BODY: usize = 64 * 1024;
 pub async fn login(State(state): State<Shared>, req: Request) -> ApiResult<Json<Value>> {
     let bytes = super::read_body(req.into_body(), SMALL_BODY).await?;
     let body: LoginBody = json_body(&bytes)?;
-    let st = state.clone();
-    // Password hashing is deliberately slow: keep it off the async workers.
-    let session = tokio::task::spawn_blocking(move || {
-        st.meta
-            .login(&body.username, &body.password, crate::now_ms())
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
+    let session = state
+        .meta
+        .login(&body.username, &body.password, crate::now_ms())
+        .await?;
     Ok(Json(json!({
         "token": session.token,
         "user_id": session.user_id,
@@ -42,14 +37,14 @@ pub async fn login(State(state): State<Shared>, req: Request) -> ApiResult<Json<
 pub async fn logout(State(state): State<Shared>, req: Request) -> ApiResult<StatusCode> {
     let (parts, _) = req.into_parts();
     let token = bearer(&parts).unwrap_or("");
-    state.meta.authenticate(token, crate::now_ms())?;
-    state.meta.logout(token)?;
+    state.meta.authenticate(token, crate::now_ms()).await?;
+    state.meta.logout(token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list_users(State(state): State<Shared>, Auth(p): Auth) -> ApiResult<Json<Value>> {
     p.require(Action::ManageUsers)?;
-    Ok(Json(json!({"users": state.meta.list_users()?})))
+    Ok(Json(json!({"users": state.meta.list_users().await?})))
 }
 
 #[derive(Deserialize)]
@@ -73,13 +68,10 @@ pub async fn create_user(
     p.require(Action::ManageUsers)?;
     let bytes = super::read_body(req.into_body(), SMALL_BODY).await?;
     let body: NewUser = json_body(&bytes)?;
-    let st = state.clone();
-    let user = tokio::task::spawn_blocking(move || {
-        st.meta
-            .create_user(&body.username, &body.password, body.role, crate::now_ms())
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
+    let user = state
+        .meta
+        .create_user(&body.username, &body.password, body.role, crate::now_ms())
+        .await?;
     Ok((StatusCode::CREATED, Json(json!(user))))
 }
 
@@ -100,13 +92,10 @@ pub async fn update_user(
     p.require(Action::ManageUsers)?;
     let bytes = super::read_body(req.into_body(), SMALL_BODY).await?;
     let body: UserPatch = json_body(&bytes)?;
-    let st = state.clone();
-    let user = tokio::task::spawn_blocking(move || {
-        st.meta
-            .update_user(id, body.password.as_deref(), body.role, body.disabled)
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
+    let user = state
+        .meta
+        .update_user(id, body.password.as_deref(), body.role, body.disabled)
+        .await?;
     Ok(Json(json!(user)))
 }
 
@@ -116,7 +105,7 @@ pub async fn delete_user(
     Path(id): Path<u64>,
 ) -> ApiResult<StatusCode> {
     p.require(Action::ManageUsers)?;
-    state.meta.delete_user(id)?;
+    state.meta.delete_user(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -137,7 +126,8 @@ pub async fn create_api_key(
     let body: NewKey = json_body(&bytes)?;
     let (view, key) = state
         .meta
-        .create_api_key(&p, &body.name, &body.scopes, crate::now_ms())?;
+        .create_api_key(&p, &body.name, &body.scopes, crate::now_ms())
+        .await?;
     let mut out = json!(view);
     out["key"] = json!(key);
     Ok((StatusCode::CREATED, Json(out)))
@@ -145,7 +135,9 @@ pub async fn create_api_key(
 
 pub async fn list_api_keys(State(state): State<Shared>, Auth(p): Auth) -> ApiResult<Json<Value>> {
     p.require(Action::ManageKeys)?;
-    Ok(Json(json!({"api_keys": state.meta.list_api_keys(&p)?})))
+    Ok(Json(
+        json!({"api_keys": state.meta.list_api_keys(&p).await?}),
+    ))
 }
 
 pub async fn delete_api_key(
@@ -154,6 +146,6 @@ pub async fn delete_api_key(
     Path(id): Path<u64>,
 ) -> ApiResult<StatusCode> {
     p.require(Action::ManageKeys)?;
-    state.meta.delete_api_key(&p, id)?;
+    state.meta.delete_api_key(&p, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

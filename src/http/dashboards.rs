@@ -23,7 +23,7 @@ fn reader(p: &Option<crate::meta::Principal>) -> ApiResult<()> {
 pub async fn list(State(state): State<Shared>, MaybeAuth(p): MaybeAuth) -> ApiResult<Json<Value>> {
     reader(&p)?;
     Ok(Json(
-        json!({"dashboards": state.meta.list_dashboards(p.as_ref())?}),
+        json!({"dashboards": state.meta.list_dashboards(p.as_ref()).await?}),
     ))
 }
 
@@ -33,7 +33,10 @@ pub async fn create(
     req: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let body: DashboardInput = json_body(&read_body(req.into_body(), DASHBOARD_BODY).await?)?;
-    let d = state.meta.create_dashboard(&p, body, crate::now_ms())?;
+    let d = state
+        .meta
+        .create_dashboard(&p, body, crate::now_ms())
+        .await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
@@ -43,7 +46,7 @@ pub async fn get_one(
     Path(id): Path<u64>,
 ) -> ApiResult<Json<Value>> {
     reader(&p)?;
-    Ok(Json(state.meta.get_dashboard(p.as_ref(), id)?))
+    Ok(Json(state.meta.get_dashboard(p.as_ref(), id).await?))
 }
 
 pub async fn update(
@@ -53,12 +56,12 @@ pub async fn update(
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let body: DashboardInput = json_body(&read_body(req.into_body(), DASHBOARD_BODY).await?)?;
-    Ok(Json(state.meta.update_dashboard(
-        &p,
-        id,
-        body,
-        crate::now_ms(),
-    )?))
+    Ok(Json(
+        state
+            .meta
+            .update_dashboard(&p, id, body, crate::now_ms())
+            .await?,
+    ))
 }
 
 pub async fn delete(
@@ -66,7 +69,7 @@ pub async fn delete(
     Auth(p): Auth,
     Path(id): Path<u64>,
 ) -> ApiResult<StatusCode> {
-    state.meta.delete_dashboard(&p, id)?;
+    state.meta.delete_dashboard(&p, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -88,7 +91,10 @@ pub async fn create_panel(
     req: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let body: PanelInput = json_body(&read_body(req.into_body(), DASHBOARD_BODY).await?)?;
-    let v = state.meta.put_panel(&p, id, None, body, crate::now_ms())?;
+    let v = state
+        .meta
+        .put_panel(&p, id, None, body, crate::now_ms())
+        .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -99,13 +105,12 @@ pub async fn update_panel(
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let body: PanelInput = json_body(&read_body(req.into_body(), DASHBOARD_BODY).await?)?;
-    Ok(Json(state.meta.put_panel(
-        &p,
-        id,
-        Some(vid),
-        body,
-        crate::now_ms(),
-    )?))
+    Ok(Json(
+        state
+            .meta
+            .put_panel(&p, id, Some(vid), body, crate::now_ms())
+            .await?,
+    ))
 }
 
 pub async fn delete_panel(
@@ -113,7 +118,10 @@ pub async fn delete_panel(
     Auth(p): Auth,
     Path((id, vid)): Path<(u64, u64)>,
 ) -> ApiResult<StatusCode> {
-    state.meta.delete_panel(&p, id, vid, crate::now_ms())?;
+    state
+        .meta
+        .delete_panel(&p, id, vid, crate::now_ms())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -138,6 +146,9 @@ pub async fn import(
     req: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let doc: DashboardDocument = json_body(&read_body(req.into_body(), DASHBOARD_BODY).await?)?;
-    let d = state.meta.import_dashboard(&p, doc, crate::now_ms())?;
+    let d = state
+        .meta
+        .import_dashboard(&p, doc, crate::now_ms())
+        .await?;
     Ok((StatusCode::CREATED, Json(d)))
 }

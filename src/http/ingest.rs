@@ -14,10 +14,11 @@ use crate::telemetry::Protocol;
 
 /// Authenticates an ingest request: the bearer header, or else the seed's
 /// `authentication_token` body field (JSON only).
-fn authorize(state: &Shared, token: Option<&str>) -> ApiResult<Principal> {
+async fn authorize(state: &Shared, token: Option<&str>) -> ApiResult<Principal> {
     let principal = state
         .meta
-        .authenticate(token.unwrap_or(""), crate::now_ms())?;
+        .authenticate(token.unwrap_or(""), crate::now_ms())
+        .await?;
     principal.require(Action::Ingest)?;
     Ok(principal)
 }
@@ -47,7 +48,7 @@ async fn ingest_json_inner(state: &Shared, req: Request) -> Result<usize, ApiErr
     let header_token = bearer(&parts).map(str::to_owned);
     // Refuse early when the header alone already fails, before reading a large body.
     if let Some(t) = &header_token {
-        authorize(state, Some(t))?;
+        authorize(state, Some(t)).await?;
     }
     let bytes = read_body(body, state.config.ingest.max_body_bytes).await?;
     let limits = state.limits();
@@ -57,13 +58,13 @@ async fn ingest_json_inner(state: &Shared, req: Request) -> Result<usize, ApiErr
             // Who is asking comes before what is wrong with the body.
             if header_token.is_none() {
                 let token = protocol::json::authentication_token(&bytes);
-                authorize(state, token.as_deref())?;
+                authorize(state, token.as_deref()).await?;
             }
             return Err(Error::from(e).into());
         }
     };
     if header_token.is_none() {
-        authorize(state, request.authentication_token.as_deref())?;
+        authorize(state, request.authentication_token.as_deref()).await?;
     }
     let key = idempotency_key(&parts)?.or(request.batch_id);
     Ok(state
@@ -91,7 +92,7 @@ async fn write_lines_inner(
     ignored: &mut usize,
 ) -> Result<usize, ApiError> {
     let (mut parts, body) = req.into_parts();
-    authorize(state, bearer(&parts))?;
+    authorize(state, bearer(&parts)).await?;
     let query = axum::extract::RawQuery::from_request_parts(&mut parts, state)
         .await
         .map_err(|e| Error::BadRequest(e.to_string()))?;

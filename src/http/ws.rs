@@ -43,7 +43,7 @@ pub async fn upgrade(
         .or_else(|| bearer(&parts).map(str::to_owned));
     let principal = match token {
         Some(t) => {
-            let p = state.meta.authenticate(&t, crate::now_ms())?;
+            let p = state.meta.authenticate(&t, crate::now_ms()).await?;
             p.require(Action::Read)?;
             Some(p)
         }
@@ -197,7 +197,7 @@ impl Conn {
         let id = msg.get("id").and_then(Value::as_str);
         if kind == "auth" {
             let token = msg.get("token").and_then(Value::as_str).unwrap_or("");
-            match self.state.meta.authenticate(token, crate::now_ms()) {
+            match self.state.meta.authenticate(token, crate::now_ms()).await {
                 Ok(p) => match p.require(Action::Read) {
                     Ok(()) => {
                         self.principal = Some(p);

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Transaction};
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -220,7 +220,7 @@ pub struct AlertStateRow {
 
 // ---- apply ----
 
-pub(super) fn apply(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {
+pub(super) fn apply(tx: &Connection, cmd: &MetaCommand) -> Result<(), MetaError> {
     match cmd {
         MetaCommand::PutAlertRule { rule, base_version } => {
             super::store::check_version(tx, "alert_rules", "alert rule", rule.id, *base_version)?;
@@ -252,7 +252,7 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaE
                 .map_err(storage("delete alert rule"))?;
             if n == 0 {
                 return Err(MetaError::NotFound {
-                    what: "alert rule",
+                    what: "alert rule".into(),
                     id: id.to_string(),
                 });
             }
@@ -430,7 +430,7 @@ impl MetaService {
         self.store().alert_rules()
     }
 
-    pub fn put_alert_rule(
+    pub async fn put_alert_rule(
         &self,
         caller: &Principal,
         id: Option<u64>,
@@ -448,7 +448,7 @@ impl MetaService {
                     .into_iter()
                     .find(|r| r.id == id)
                     .ok_or_else(|| MetaError::NotFound {
-                        what: "alert rule",
+                        what: "alert rule".into(),
                         id: id.to_string(),
                     })?,
             ),
@@ -473,13 +473,14 @@ impl MetaService {
         self.propose(MetaCommand::PutAlertRule {
             rule: rule.clone(),
             base_version: current.map(|c| c.version),
-        })?;
+        })
+        .await?;
         Ok(rule_view(&rule))
     }
 
-    pub fn delete_alert_rule(&self, caller: &Principal, id: u64) -> Result<(), MetaError> {
+    pub async fn delete_alert_rule(&self, caller: &Principal, id: u64) -> Result<(), MetaError> {
         require_editor(caller, "alert rules")?;
-        self.propose(MetaCommand::DeleteAlertRule { id })
+        self.propose(MetaCommand::DeleteAlertRule { id }).await
     }
 
     pub fn alert_states(&self) -> Result<Vec<AlertStateRow>, MetaError> {
@@ -496,7 +497,7 @@ impl MetaService {
 
     /// Records a state change (and, for `event`, a history entry).
     #[allow(clippy::too_many_arguments)]
-    pub fn record_alert_transition(
+    pub async fn record_alert_transition(
         &self,
         rule_id: u64,
         rule_name: &str,
@@ -517,9 +518,10 @@ impl MetaService {
             at_ms,
             event,
         })
+        .await
     }
 
-    pub fn record_dead_letter(
+    pub async fn record_dead_letter(
         &self,
         rule_id: u64,
         channel: &str,
@@ -534,5 +536,6 @@ impl MetaService {
             error: error.to_owned(),
             at_ms,
         })
+        .await
     }
 }

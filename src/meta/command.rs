@@ -104,9 +104,11 @@ pub enum MetaCommand {
 }
 
 /// What applying a command produced.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub enum MetaOutcome {
     Done,
+    /// The command was refused (a conflict, a missing record): nothing changed.
+    Refused(super::store::MetaError),
     /// The index was at or below the applied index: nothing was done.
     AlreadyApplied,
 }

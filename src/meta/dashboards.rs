@@ -11,7 +11,7 @@
 //! ones; admins change everything. Changes carry the version they were based on, so two
 //! editors saving at once get a `409` instead of silently overwriting each other.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -89,14 +89,14 @@ const MAX_PANELS: usize = 200;
 
 fn not_found(what: &'static str, id: u64) -> MetaError {
     MetaError::NotFound {
-        what,
+        what: what.into(),
         id: id.to_string(),
     }
 }
 
 // ---- apply (called from `store::apply_in`, inside its transaction) ----
 
-fn put_dashboard_row(tx: &Transaction<'_>, d: &DashboardRecord) -> Result<(), MetaError> {
+fn put_dashboard_row(tx: &Connection, d: &DashboardRecord) -> Result<(), MetaError> {
     tx.execute(
         "INSERT INTO dashboards (id, name, description, owner_user_id, is_public, shared, layout, created_ms, updated_ms, version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -121,7 +121,7 @@ fn put_dashboard_row(tx: &Transaction<'_>, d: &DashboardRecord) -> Result<(), Me
     Ok(())
 }
 
-fn put_panel_row(tx: &Transaction<'_>, p: &PanelRecord) -> Result<(), MetaError> {
+fn put_panel_row(tx: &Connection, p: &PanelRecord) -> Result<(), MetaError> {
     tx.execute(
         "INSERT INTO visualizations (id, dashboard_id, title, chart_type, query, options, created_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -142,11 +142,11 @@ fn put_panel_row(tx: &Transaction<'_>, p: &PanelRecord) -> Result<(), MetaError>
     Ok(())
 }
 
-fn check_version(tx: &Transaction<'_>, id: u64, base: Option<u64>) -> Result<(), MetaError> {
+fn check_version(tx: &Connection, id: u64, base: Option<u64>) -> Result<(), MetaError> {
     super::store::check_version(tx, "dashboards", "dashboard", id, base)
 }
 
-pub(super) fn apply(tx: &Transaction<'_>, cmd: &MetaCommand) -> Result<(), MetaError> {
+pub(super) fn apply(tx: &Connection, cmd: &MetaCommand) -> Result<(), MetaError> {
     match cmd {
         MetaCommand::PutDashboard {
             dashboard,
@@ -524,7 +524,12 @@ fn place(layout: &Value, id: u64, want: Option<Position>) -> Value {
 }
 
 impl MetaService {
-    pub fn list_dashboards(&self, caller: Option<&Principal>) -> Result<Vec<Value>, MetaError> {
+    /// Linearizable: includes every change acknowledged anywhere in the cluster before.
+    pub async fn list_dashboards(
+        &self,
+        caller: Option<&Principal>,
+    ) -> Result<Vec<Value>, MetaError> {
+        self.group().sync().await?;
         Ok(self
             .store()
             .dashboards()?
@@ -539,7 +544,19 @@ impl MetaService {
     }
 
     /// A dashboard with its visualizations; `None` caller = anonymous (public ones only).
-    pub fn get_dashboard(&self, caller: Option<&Principal>, id: u64) -> Result<Value, MetaError> {
+    /// Linearizable, like [`MetaService::list_dashboards`].
+    pub async fn get_dashboard(
+        &self,
+        caller: Option<&Principal>,
+        id: u64,
+    ) -> Result<Value, MetaError> {
+        self.group().sync().await?;
+        self.dashboard_value(caller, id)
+    }
+
+    /// A dashboard as this node's replica has it (after this node's own write, which waited
+    /// for its replica to apply it).
+    fn dashboard_value(&self, caller: Option<&Principal>, id: u64) -> Result<Value, MetaError> {
         let d = self.readable(caller, id)?;
         let mut v = dashboard_view(&d);
         v["visualizations"] = self.store().panels(id)?.iter().map(panel_view).collect();
@@ -558,7 +575,7 @@ impl MetaService {
         Ok(d)
     }
 
-    pub fn create_dashboard(
+    pub async fn create_dashboard(
         &self,
         caller: &Principal,
         input: DashboardInput,
@@ -586,11 +603,12 @@ impl MetaService {
         self.propose(MetaCommand::PutDashboard {
             dashboard: d.clone(),
             base_version: None,
-        })?;
-        self.get_dashboard(Some(caller), d.id)
+        })
+        .await?;
+        self.dashboard_value(Some(caller), d.id)
     }
 
-    pub fn update_dashboard(
+    pub async fn update_dashboard(
         &self,
         caller: &Principal,
         id: u64,
@@ -634,14 +652,15 @@ impl MetaService {
         self.propose(MetaCommand::PutDashboard {
             dashboard: next,
             base_version: Some(current.version),
-        })?;
-        self.get_dashboard(Some(caller), id)
+        })
+        .await?;
+        self.dashboard_value(Some(caller), id)
     }
 
-    pub fn delete_dashboard(&self, caller: &Principal, id: u64) -> Result<(), MetaError> {
+    pub async fn delete_dashboard(&self, caller: &Principal, id: u64) -> Result<(), MetaError> {
         let current = self.readable(Some(caller), id)?;
         may_change(caller, &current)?;
-        self.propose(MetaCommand::DeleteDashboard { id })
+        self.propose(MetaCommand::DeleteDashboard { id }).await
     }
 
     pub fn list_panels(
@@ -654,7 +673,7 @@ impl MetaService {
     }
 
     /// Creates (`panel_id: None`) or updates a visualization; a new one is placed on the grid.
-    pub fn put_panel(
+    pub async fn put_panel(
         &self,
         caller: &Principal,
         dashboard_id: u64,
@@ -732,11 +751,12 @@ impl MetaService {
         self.propose(MetaCommand::PutPanel {
             panel: panel.clone(),
             dashboard,
-        })?;
+        })
+        .await?;
         Ok(panel_view(&panel))
     }
 
-    pub fn delete_panel(
+    pub async fn delete_panel(
         &self,
         caller: &Principal,
         dashboard_id: u64,
@@ -758,6 +778,7 @@ impl MetaService {
             id: panel_id,
             dashboard,
         })
+        .await
     }
 
     pub fn export_dashboard(
@@ -803,7 +824,7 @@ impl MetaService {
     }
 
     /// Creates a new dashboard (owned by the caller) from an export document, in one command.
-    pub fn import_dashboard(
+    pub async fn import_dashboard(
         &self,
         caller: &Principal,
         doc: DashboardDocument,
@@ -872,8 +893,9 @@ impl MetaService {
             updated_ms: now_ms,
             version: 1,
         };
-        self.propose(MetaCommand::ImportDashboard { dashboard, panels })?;
-        self.get_dashboard(Some(caller), id)
+        self.propose(MetaCommand::ImportDashboard { dashboard, panels })
+            .await?;
+        self.dashboard_value(Some(caller), id)
     }
 }
 

@@ -1,8 +1,7 @@
 //! What the HTTP layer calls: builds commands (deciding ids, hashes and times) and applies
 //! them; authenticates bearer credentials.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -11,6 +10,7 @@ use serde::Serialize;
 
 use super::auth::{self, AuthError, Principal, Role, Scope, Via};
 use super::command::MetaCommand;
+use super::group::MetaGroup;
 use super::store::{MetaError, MetaStore};
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,11 +40,11 @@ pub struct Session {
 }
 
 pub struct MetaService {
-    store: MetaStore,
-    /// The next log index; later the meta Raft group assigns them. Held across `apply` so
-    /// commands are applied in index order (a later index applied first would make the
-    /// earlier one look already applied).
-    next_index: Mutex<u64>,
+    /// This node's replica: what reads read.
+    store: Arc<MetaStore>,
+    /// Where changes go: every command is committed in the metadata group and applied to
+    /// every node's store.
+    group: Arc<MetaGroup>,
     session_ttl: Duration,
     argon2: Argon2<'static>,
     /// Verified against when a username is unknown, so both cases take the same time.
@@ -57,6 +57,45 @@ fn salt() -> Result<SaltString, MetaError> {
         field: "password",
         reason: e.to_string(),
     })
+}
+
+/// A password's Argon2id hash. Hashing is deliberately slow: it runs off the async workers.
+async fn hash_password(pw: &str) -> Result<String, MetaError> {
+    let pw = pw.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(pw.as_bytes(), &salt()?)
+            .map(|h| h.to_string())
+            .map_err(|e| MetaError::Invalid {
+                field: "password",
+                reason: e.to_string(),
+            })
+    })
+    .await
+    .map_err(|e| MetaError::Failed(format!("password hashing: {e}")))?
+}
+
+/// The command that creates a user (validated, password hashed, id drawn): what the service
+/// proposes and what `pulseboard user add` leaves in a node's inbox.
+pub async fn create_user_command(
+    username: &str,
+    password: &str,
+    role: Role,
+    now_ms: i64,
+) -> Result<(u64, MetaCommand), MetaError> {
+    validate_username(username)?;
+    validate_password(password)?;
+    let id = random_id();
+    Ok((
+        id,
+        MetaCommand::CreateUser {
+            id,
+            username: username.to_owned(),
+            password_hash: hash_password(password).await?,
+            role,
+            created_ms: now_ms,
+        },
+    ))
 }
 
 /// Changing dashboards or alert rules needs an editor (or higher) session, or an API key with
@@ -134,11 +173,12 @@ fn key_view(k: super::store::KeyRow) -> ApiKeyView {
 }
 
 impl MetaService {
-    pub fn open(path: &Path, session_ttl: Duration) -> Result<Self, MetaError> {
-        Self::with_store(MetaStore::open(path)?, session_ttl)
-    }
-
-    pub fn with_store(store: MetaStore, session_ttl: Duration) -> Result<Self, MetaError> {
+    /// The service over this node's replica `store` of the metadata `group`.
+    pub fn new(
+        store: Arc<MetaStore>,
+        group: Arc<MetaGroup>,
+        session_ttl: Duration,
+    ) -> Result<Self, MetaError> {
         let argon2 = Argon2::default();
         let dummy_hash = argon2
             .hash_password(b"not a real password", &salt()?)
@@ -147,10 +187,9 @@ impl MetaService {
                 reason: e.to_string(),
             })?
             .to_string();
-        let next = store.applied_index()? + 1;
         Ok(Self {
             store,
-            next_index: Mutex::new(next),
+            group,
             session_ttl,
             argon2,
             dummy_hash,
@@ -161,32 +200,40 @@ impl MetaService {
         &self.store
     }
 
-    pub(super) fn propose(&self, cmd: MetaCommand) -> Result<(), MetaError> {
-        let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
-        let index = *next;
-        *next += 1;
-        self.store.apply(index, &cmd).map(|_| ())
+    pub fn group(&self) -> &Arc<MetaGroup> {
+        &self.group
     }
 
-    fn hash_password(&self, pw: &str) -> Result<String, MetaError> {
-        self.argon2
-            .hash_password(pw.as_bytes(), &salt()?)
-            .map(|h| h.to_string())
-            .map_err(|e| MetaError::Invalid {
-                field: "password",
-                reason: e.to_string(),
-            })
+    /// The log index this node's replica has applied (it changes with every metadata change).
+    pub fn applied_index(&self) -> u64 {
+        self.store.applied_index().unwrap_or(0)
     }
 
-    fn verify(&self, pw: &str, hash: &str) -> bool {
-        PasswordHash::new(hash)
-            .map(|h| self.argon2.verify_password(pw.as_bytes(), &h).is_ok())
-            .unwrap_or(false)
+    /// Commits `cmd` in the metadata group; returns once this node's replica applied it (so
+    /// what the caller reads next includes it), or with the refusal every replica made.
+    pub(super) async fn propose(&self, cmd: MetaCommand) -> Result<(), MetaError> {
+        self.group.write(cmd).await
+    }
+
+    /// As slow as hashing, and off the async workers too.
+    async fn verify(&self, pw: &str, hash: &str) -> bool {
+        let argon2 = self.argon2.clone();
+        let (pw, hash) = (pw.to_owned(), hash.to_owned());
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| argon2.verify_password(pw.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// First start: creates `admin` with the given password, or a generated one (returned,
     /// for the caller to show once). Does nothing when any user exists.
-    pub fn bootstrap(&self, admin_password: Option<String>) -> Result<Option<String>, MetaError> {
+    pub async fn bootstrap(
+        &self,
+        admin_password: Option<String>,
+    ) -> Result<Option<String>, MetaError> {
         if self.store.user_count()? > 0 {
             return Ok(None);
         }
@@ -197,29 +244,42 @@ impl MetaService {
                 (Alphanumeric.sample_string(&mut rand::rng(), 20), true)
             }
         };
-        self.create_user("admin", &password, Role::Admin, crate::now_ms())?;
+        self.create_user("admin", &password, Role::Admin, crate::now_ms())
+            .await?;
         Ok(generated.then_some(password))
     }
 
-    pub fn login(&self, username: &str, password: &str, now_ms: i64) -> Result<Session, MetaError> {
-        let user = self.store.user_by_name(username)?;
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        now_ms: i64,
+    ) -> Result<Session, MetaError> {
+        let mut user = self.store.user_by_name(username)?;
+        if user.is_none() {
+            // Perhaps created on another node a moment ago: catch up with the group first.
+            self.group.sync().await?;
+            user = self.store.user_by_name(username)?;
+        }
         let hash = user
             .as_ref()
             .map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
-        let ok = self.verify(password, hash);
+        let ok = self.verify(password, hash).await;
         let user = match user {
             Some(u) if ok && !u.disabled => u,
             _ => return Err(MetaError::BadCredentials),
         };
         let token = auth::new_secret(auth::SESSION_PREFIX);
         let expires_ms = now_ms + self.session_ttl.as_millis() as i64;
-        self.propose(MetaCommand::DeleteExpiredSessions { before_ms: now_ms })?;
+        self.propose(MetaCommand::DeleteExpiredSessions { before_ms: now_ms })
+            .await?;
         self.propose(MetaCommand::CreateSession {
             token_hash: auth::hash_secret(&token),
             user_id: user.id,
             created_ms: now_ms,
             expires_ms,
-        })?;
+        })
+        .await?;
         Ok(Session {
             token,
             user_id: user.id,
@@ -228,13 +288,27 @@ impl MetaService {
         })
     }
 
-    pub fn logout(&self, token: &str) -> Result<(), MetaError> {
+    pub async fn logout(&self, token: &str) -> Result<(), MetaError> {
         self.propose(MetaCommand::DeleteSession {
             token_hash: auth::hash_secret(token),
         })
+        .await
     }
 
-    pub fn authenticate(&self, bearer: &str, now_ms: i64) -> Result<Principal, AuthError> {
+    /// Who `bearer` (a session token or an API key) is. Reads this node's replica; a
+    /// credential it does not know (perhaps created on another node a moment ago) is looked
+    /// up again after catching up with the metadata group, so a client may log in on one
+    /// node and go on at another at once. Revocations reach every node within a heartbeat.
+    pub async fn authenticate(&self, bearer: &str, now_ms: i64) -> Result<Principal, AuthError> {
+        match self.authenticate_local(bearer, now_ms) {
+            Err(AuthError::Unknown) if self.group.sync().await.is_ok() => {
+                self.authenticate_local(bearer, now_ms)
+            }
+            other => other,
+        }
+    }
+
+    fn authenticate_local(&self, bearer: &str, now_ms: i64) -> Result<Principal, AuthError> {
         let bearer = bearer.trim();
         if bearer.is_empty() {
             return Err(AuthError::Missing);
@@ -288,36 +362,63 @@ impl MetaService {
             .user_by_id(id)?
             .map(view)
             .ok_or(MetaError::NotFound {
-                what: "user",
+                what: "user".into(),
                 id: id.to_string(),
             })
     }
 
-    pub fn list_users(&self) -> Result<Vec<UserView>, MetaError> {
+    /// Linearizable (includes every change acknowledged anywhere before).
+    pub async fn list_users(&self) -> Result<Vec<UserView>, MetaError> {
+        self.group.sync().await?;
         Ok(self.store.users()?.into_iter().map(view).collect())
     }
 
-    pub fn create_user(
+    pub async fn create_user(
         &self,
         username: &str,
         password: &str,
         role: Role,
         now_ms: i64,
     ) -> Result<UserView, MetaError> {
-        validate_username(username)?;
-        validate_password(password)?;
-        let id = random_id();
-        self.propose(MetaCommand::CreateUser {
-            id,
-            username: username.to_owned(),
-            password_hash: self.hash_password(password)?,
-            role,
-            created_ms: now_ms,
-        })?;
+        let (id, cmd) = create_user_command(username, password, role, now_ms).await?;
+        self.propose(cmd).await?;
         self.user(id)
     }
 
-    pub fn update_user(
+    /// Proposes the commands `pulseboard user add` left in this node's inbox (see
+    /// [`MetaStore::inbox_push`]) and records each outcome for it. Runs until the node stops.
+    pub async fn serve_inbox(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let pending = match self.store.inbox_pending() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "reading the command inbox failed");
+                    continue;
+                }
+            };
+            for (id, cmd) in pending {
+                let outcome = match cmd {
+                    Ok(cmd) => self.propose(cmd).await,
+                    Err(reason) => Err(MetaError::Invalid {
+                        field: "inbox command",
+                        reason,
+                    }),
+                };
+                // Not committed (the group has no leader yet): try again on the next round.
+                if matches!(outcome, Err(MetaError::Unavailable(_))) {
+                    continue;
+                }
+                let error = outcome.err().map(|e| e.to_string());
+                if let Err(e) = self.store.inbox_done(id, error.as_deref()) {
+                    tracing::warn!(cause = %e, "recording an inbox outcome failed");
+                }
+            }
+        }
+    }
+
+    pub async fn update_user(
         &self,
         id: u64,
         password: Option<&str>,
@@ -327,7 +428,7 @@ impl MetaService {
         let password_hash = match password {
             Some(p) => {
                 validate_password(p)?;
-                Some(self.hash_password(p)?)
+                Some(hash_password(p).await?)
             }
             None => None,
         };
@@ -336,16 +437,17 @@ impl MetaService {
             password_hash,
             role,
             disabled,
-        })?;
+        })
+        .await?;
         self.user(id)
     }
 
-    pub fn delete_user(&self, id: u64) -> Result<(), MetaError> {
-        self.propose(MetaCommand::DeleteUser { id })
+    pub async fn delete_user(&self, id: u64) -> Result<(), MetaError> {
+        self.propose(MetaCommand::DeleteUser { id }).await
     }
 
     /// Creates a key for the caller. Its scopes must be within what the caller's role allows.
-    pub fn create_api_key(
+    pub async fn create_api_key(
         &self,
         owner: &Principal,
         name: &str,
@@ -393,7 +495,8 @@ impl MetaService {
             owner_user_id: owner.user_id,
             scopes: scopes.clone(),
             created_ms: now_ms,
-        })?;
+        })
+        .await?;
         Ok((
             ApiKeyView {
                 id,
@@ -407,7 +510,8 @@ impl MetaService {
     }
 
     /// Admins see every key; others their own.
-    pub fn list_api_keys(&self, caller: &Principal) -> Result<Vec<ApiKeyView>, MetaError> {
+    pub async fn list_api_keys(&self, caller: &Principal) -> Result<Vec<ApiKeyView>, MetaError> {
+        self.group.sync().await?;
         let owner = (caller.role != Role::Admin).then_some(caller.user_id);
         Ok(self
             .store
@@ -417,7 +521,7 @@ impl MetaService {
             .collect())
     }
 
-    pub fn delete_api_key(&self, caller: &Principal, id: u64) -> Result<(), MetaError> {
+    pub async fn delete_api_key(&self, caller: &Principal, id: u64) -> Result<(), MetaError> {
         if caller.role != Role::Admin {
             let own = self
                 .store
@@ -426,12 +530,12 @@ impl MetaService {
                 .any(|k| k.id == id);
             if !own {
                 return Err(MetaError::NotFound {
-                    what: "API key",
+                    what: "API key".into(),
                     id: id.to_string(),
                 });
             }
         }
-        self.propose(MetaCommand::DeleteApiKey { id })
+        self.propose(MetaCommand::DeleteApiKey { id }).await
     }
 }
 
@@ -439,8 +543,24 @@ impl MetaService {
 mod tests {
     use super::*;
 
-    fn service(dir: &Path) -> MetaService {
-        MetaService::open(&dir.join("meta.sqlite"), Duration::from_secs(60)).unwrap()
+    use crate::config::Config;
+    use crate::engine::Engine;
+    use crate::membership::Membership;
+
+    /// A one-node cluster on `dir` (one shard): the metadata group is the real one.
+    async fn service(dir: &std::path::Path) -> (MetaService, Engine, Membership) {
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            quic: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        config.storage.shards = 1;
+        let store = Arc::new(MetaStore::open(&dir.join("meta.sqlite")).unwrap());
+        let node = Membership::start(&config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let engine = Engine::open(&config, &node, store.clone()).await.unwrap();
+        let meta =
+            MetaService::new(store, engine.meta_group().clone(), Duration::from_secs(60)).unwrap();
+        (meta, engine, node)
     }
 
     #[test]
@@ -453,127 +573,164 @@ mod tests {
             role: Role::Editor,
             created_ms: 1,
         };
-        assert_eq!(
-            store.apply(1, &cmd).unwrap(),
+        assert!(matches!(
+            store.apply(1, Some(&cmd), b"").unwrap(),
             super::super::MetaOutcome::Done
-        );
-        assert_eq!(
-            store.apply(1, &cmd).unwrap(),
+        ));
+        assert!(matches!(
+            store.apply(1, Some(&cmd), b"").unwrap(),
             super::super::MetaOutcome::AlreadyApplied
-        );
+        ));
         // A refused command consumes its index and changes nothing.
-        assert!(matches!(store.apply(2, &cmd), Err(MetaError::Conflict(_))));
+        assert!(matches!(
+            store.apply(2, Some(&cmd), b"").unwrap(),
+            super::super::MetaOutcome::Refused(MetaError::Conflict(_))
+        ));
         assert_eq!(store.applied_index().unwrap(), 2);
         assert_eq!(store.users().unwrap().len(), 1);
     }
 
-    #[test]
-    fn bootstrap_login_restart_and_last_admin() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bootstrap_login_restart_and_last_admin() {
         let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
-        let generated = s.bootstrap(None).unwrap().expect("generated password");
-        assert!(s.bootstrap(None).unwrap().is_none(), "only once");
-        let session = s.login("admin", &generated, 1_000).unwrap();
+        let (s, engine, node) = service(dir.path()).await;
+        let generated = s
+            .bootstrap(None)
+            .await
+            .unwrap()
+            .expect("generated password");
+        assert!(s.bootstrap(None).await.unwrap().is_none(), "only once");
+        let session = s.login("admin", &generated, 1_000).await.unwrap();
         assert!(matches!(
-            s.login("admin", "wrong-password", 1_000),
+            s.login("admin", "wrong-password", 1_000).await,
             Err(MetaError::BadCredentials)
         ));
         assert!(matches!(
-            s.login("nobody", "whatever-pass", 1_000),
+            s.login("nobody", "whatever-pass", 1_000).await,
             Err(MetaError::BadCredentials)
         ));
-        let p = s.authenticate(&session.token, 2_000).unwrap();
+        let p = s.authenticate(&session.token, 2_000).await.unwrap();
         assert_eq!(p.role, Role::Admin);
         assert_eq!(
-            s.authenticate(&session.token, 1_000 + 60_000).unwrap_err(),
+            s.authenticate(&session.token, 1_000 + 60_000)
+                .await
+                .unwrap_err(),
             AuthError::Expired
         );
-        assert_eq!(s.authenticate("", 0).unwrap_err(), AuthError::Missing);
+        assert_eq!(s.authenticate("", 0).await.unwrap_err(), AuthError::Missing);
         assert_eq!(
-            s.authenticate("hello", 0).unwrap_err(),
+            s.authenticate("hello", 0).await.unwrap_err(),
             AuthError::Malformed
         );
-        assert_eq!(s.authenticate("pbs_00", 0).unwrap_err(), AuthError::Unknown);
+        assert_eq!(
+            s.authenticate("pbs_00", 0).await.unwrap_err(),
+            AuthError::Unknown
+        );
         // The only admin can be neither demoted, disabled nor deleted.
         assert!(matches!(
-            s.update_user(p.user_id, None, Some(Role::Viewer), None),
+            s.update_user(p.user_id, None, Some(Role::Viewer), None)
+                .await,
             Err(MetaError::LastAdmin)
         ));
         assert!(matches!(
-            s.delete_user(p.user_id),
+            s.delete_user(p.user_id).await,
             Err(MetaError::LastAdmin)
         ));
-        let (key_view, key) = s.create_api_key(&p, "ci", &[Scope::Ingest], 5).unwrap();
+        let (key_view, key) = s
+            .create_api_key(&p, "ci", &[Scope::Ingest], 5)
+            .await
+            .unwrap();
         drop(s);
+        engine.shutdown().await;
+        node.shutdown().await;
         // Restart: users, sessions and keys are still there; indices continue.
-        let s = service(dir.path());
+        let (s, _engine, _node) = service(dir.path()).await;
         assert_eq!(
-            s.authenticate(&session.token, 2_000).unwrap().user_id,
+            s.authenticate(&session.token, 2_000).await.unwrap().user_id,
             p.user_id
         );
-        let kp = s.authenticate(&key, 2_000).unwrap();
+        let kp = s.authenticate(&key, 2_000).await.unwrap();
         assert_eq!(kp.via, Via::ApiKey { id: key_view.id });
         assert_eq!(kp.scopes, vec![Scope::Ingest]);
-        s.logout(&session.token).unwrap();
+        s.logout(&session.token).await.unwrap();
         assert_eq!(
-            s.authenticate(&session.token, 2_000).unwrap_err(),
+            s.authenticate(&session.token, 2_000).await.unwrap_err(),
             AuthError::Unknown
         );
     }
 
-    #[test]
-    fn users_keys_and_validation() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn users_keys_and_validation() {
         let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
-        s.bootstrap(Some("admin-password".into())).unwrap();
-        let ed = s.create_user("ed", "editor-pass", Role::Editor, 1).unwrap();
+        let (s, _engine, _node) = service(dir.path()).await;
+        s.bootstrap(Some("admin-password".into())).await.unwrap();
+        let ed = s
+            .create_user("ed", "editor-pass", Role::Editor, 1)
+            .await
+            .unwrap();
         assert!(matches!(
-            s.create_user("ed", "editor-pass", Role::Viewer, 1),
+            s.create_user("ed", "editor-pass", Role::Viewer, 1).await,
             Err(MetaError::Conflict(_))
         ));
         assert!(matches!(
-            s.create_user("bad name", "editor-pass", Role::Viewer, 1),
+            s.create_user("bad name", "editor-pass", Role::Viewer, 1)
+                .await,
             Err(MetaError::Invalid {
                 field: "username",
                 ..
             })
         ));
         assert!(matches!(
-            s.create_user("shorty", "short", Role::Viewer, 1),
+            s.create_user("shorty", "short", Role::Viewer, 1).await,
             Err(MetaError::Invalid {
                 field: "password",
                 ..
             })
         ));
         let ed_p = s
-            .authenticate(&s.login("ed", "editor-pass", 1).unwrap().token, 2)
+            .authenticate(&s.login("ed", "editor-pass", 1).await.unwrap().token, 2)
+            .await
             .unwrap();
         // An editor cannot mint an admin key; its keys are its own.
-        assert!(s.create_api_key(&ed_p, "k", &[Scope::Admin], 1).is_err());
+        assert!(s
+            .create_api_key(&ed_p, "k", &[Scope::Admin], 1)
+            .await
+            .is_err());
         let (k, _) = s
             .create_api_key(&ed_p, "k", &[Scope::Ingest, Scope::Read], 1)
+            .await
             .unwrap();
-        assert_eq!(s.list_api_keys(&ed_p).unwrap().len(), 1);
+        assert_eq!(s.list_api_keys(&ed_p).await.unwrap().len(), 1);
         let admin = s
-            .authenticate(&s.login("admin", "admin-password", 1).unwrap().token, 2)
+            .authenticate(
+                &s.login("admin", "admin-password", 1).await.unwrap().token,
+                2,
+            )
+            .await
             .unwrap();
-        s.create_api_key(&admin, "a", &[Scope::Admin], 1).unwrap();
-        assert_eq!(s.list_api_keys(&admin).unwrap().len(), 2);
-        assert_eq!(s.list_api_keys(&ed_p).unwrap().len(), 1);
+        s.create_api_key(&admin, "a", &[Scope::Admin], 1)
+            .await
+            .unwrap();
+        assert_eq!(s.list_api_keys(&admin).await.unwrap().len(), 2);
+        assert_eq!(s.list_api_keys(&ed_p).await.unwrap().len(), 1);
         // Disabling ends sessions; deleting removes keys too.
-        s.update_user(ed.id, None, None, Some(true)).unwrap();
+        s.update_user(ed.id, None, None, Some(true)).await.unwrap();
         assert!(s
-            .authenticate(&s.login("admin", "admin-password", 1).unwrap().token, 2)
+            .authenticate(
+                &s.login("admin", "admin-password", 1).await.unwrap().token,
+                2
+            )
+            .await
             .is_ok());
         assert!(matches!(
-            s.login("ed", "editor-pass", 3),
+            s.login("ed", "editor-pass", 3).await,
             Err(MetaError::BadCredentials)
         ));
-        s.delete_user(ed.id).unwrap();
+        s.delete_user(ed.id).await.unwrap();
         assert!(matches!(
-            s.delete_api_key(&admin, k.id),
+            s.delete_api_key(&admin, k.id).await,
             Err(MetaError::NotFound { .. })
         ));
-        assert_eq!(s.list_users().unwrap().len(), 1);
+        assert_eq!(s.list_users().await.unwrap().len(), 1);
     }
 }

@@ -9,14 +9,13 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cluster::raft::Member;
+use cluster::raft::{storage_error, Member, RaftMeta};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StoredMembership,
 };
 use protocol::ShardBatch;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::actor::{ShardMsg, ShardRef};
@@ -29,35 +28,6 @@ openraft::declare_raft_types!(
         R = (),
         Node = Member,
 );
-
-/// What a shard's state records of its group, encoded into `ShardState::raft_meta`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RaftMeta {
-    pub last_applied: Option<LogId<u64>>,
-    pub membership: StoredMembership<u64, Member>,
-}
-
-impl RaftMeta {
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.is_empty() {
-            return Ok(Self::default());
-        }
-        protocol::codec::decode(bytes).map_err(|e| e.to_string())
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        // Log ids and memberships always encode.
-        protocol::codec::encode(self).unwrap_or_default()
-    }
-}
-
-fn storage_error(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl ToString,
-) -> StorageError<u64> {
-    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
-}
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -1,11 +1,12 @@
 //! The chaos smoke run (SPEC §5, §6): three real nodes behind fault-injecting relays; a
 //! leader killed with SIGKILL, a leader partitioned away, a leader paused past the election
 //! timeout, under a workload that records every acknowledgement. The checker must find every
-//! acknowledged point exactly once on every node, and the rollups agreeing with the points.
+//! acknowledged point exactly once on every node, the rollups agreeing with the points, and
+//! every acknowledged dashboard (metadata writes) once on every node.
 //! The full suite: `cargo run --release -p chaos -- full` (see the README).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_points_survive_a_killed_a_partitioned_and_a_paused_leader() {
+async fn acknowledged_writes_survive_a_killed_a_partitioned_and_a_paused_leader() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_pulseboard"));
     let report = chaos::smoke(bin).await.expect("the smoke run completes");
     let md = report.markdown();
@@ -13,6 +14,16 @@ async fn acknowledged_points_survive_a_killed_a_partitioned_and_a_paused_leader(
     assert!(report.ok(), "{md}");
     assert_eq!(report.outcomes.len(), 3);
     assert!(report.acked_points > 0, "{md}");
+    let dashboards = report
+        .checks
+        .iter()
+        .flat_map(|(_, c)| c)
+        .map(|c| c.meta_acked)
+        .max();
+    assert!(
+        dashboards > Some(0),
+        "no metadata write was acknowledged: {md}"
+    );
     // Every fault ended with the cluster taking writes again.
     for o in &report.outcomes {
         assert!(o.throughput[2] > 0.0, "no writes after {}: {md}", o.fault);

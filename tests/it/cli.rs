@@ -1,4 +1,4 @@
-//! The command line: `user add` on a data directory, `load` against a running node, and
+//! The command line: `user add` through a node's data directory, `load` against a running node, and
 //! configuration errors that name what is wrong.
 
 use std::process::Command;
@@ -35,8 +35,18 @@ async fn user_add_then_log_in() {
     );
     let user: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(user["role"], "editor");
-    // The running node sees the user the CLI added to its store.
+    // The running node proposed it to the cluster's metadata group: carol logs in.
     login(&node.client, &node.base, "carol", "carol-password").await;
+    // The group's refusal comes back to the command line.
+    let out = pulseboard()
+        .args(["user", "add", "--username", "carol", "--data-dir"])
+        .arg(&node.data_dir)
+        .env("PULSEBOARD_USER_PASSWORD", "other-password")
+        .output()
+        .expect("run user add");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
     // A bad role is refused with the allowed values.
     let out = pulseboard()
         .args([

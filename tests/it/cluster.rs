@@ -243,3 +243,106 @@ async fn a_paused_leader_is_replaced_and_rejoins_as_follower() {
         converges(n, &want).await;
     }
 }
+
+/// Creates a dashboard named `name` through `node`, retrying through an election (503).
+async fn create_dashboard(node: &Node, token: &str, name: &str) -> u64 {
+    let body = serde_json::json!({ "name": name });
+    for _ in 0..100 {
+        let (status, v) = node
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/dashboards",
+                Some(token),
+                Some(&body),
+            )
+            .await;
+        match status {
+            201 => return v["id"].as_u64().expect("id"),
+            503 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            other => panic!("create dashboard {name} through {}: {other} {v}", node.base),
+        }
+    }
+    panic!("dashboard {name} not created through {} in 10 s", node.base);
+}
+
+async fn dashboard_names(node: &Node, token: &str) -> Vec<String> {
+    let (status, v) = node
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/dashboards",
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let mut names: Vec<String> = v["dashboards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn metadata_is_one_replicated_store_that_outlives_its_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, view) = three_nodes(root.path()).await;
+    // One admin for the whole cluster: joining nodes did not create their own.
+    let (status, users) = nodes[1].get("/api/v1/users").await;
+    assert_eq!(status, 200, "{users}");
+    assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
+
+    // A user created through one node logs in through another at once, and its session
+    // works on the third.
+    let (status, v) = nodes[0]
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/users",
+            Some(&nodes[0].token),
+            Some(&serde_json::json!({"username": "carol", "password": "carol-password", "role": "editor"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let carol =
+        crate::harness::login(&nodes[2].client, &nodes[2].base, "carol", "carol-password").await;
+    // A dashboard written through one node is read through another right after
+    // (linearizable reads).
+    let ops = create_dashboard(&nodes[1], &carol, "ops").await;
+    let (status, d) = nodes[2]
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/dashboards/{ops}"),
+            Some(&carol),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["name"], "ops");
+
+    // Kill -9 the metadata group's leader: metadata writes go on through the others, and
+    // nothing acknowledged is lost.
+    let leader = view["meta_leader"].as_u64().unwrap();
+    let (status, view) = nodes[0].get("/api/v1/cluster").await;
+    assert_eq!(status, 200);
+    assert_eq!(view["meta_leader"].as_u64(), Some(leader), "{view}");
+    let member = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(leader))
+        .unwrap()
+        .clone();
+    let http = member["http_addr"].as_str().unwrap();
+    let quic = member["quic_addr"].as_str().unwrap();
+    let victim = nodes.iter().position(|n| n.base.ends_with(http)).unwrap();
+    let (victim_dir, _keep) = nodes.remove(victim).kill9();
+    create_dashboard(&nodes[0], &carol, "after").await;
+    for n in &nodes {
+        assert_eq!(dashboard_names(n, &carol).await, ["after", "ops"]);
+    }
+    // The killed node comes back and has what was written while it was down.
+    let back = cluster_node(&victim_dir, quic, None).await;
+    assert_eq!(dashboard_names(&back, &carol).await, ["after", "ops"]);
+}

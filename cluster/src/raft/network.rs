@@ -3,25 +3,29 @@
 //!
 //! Every group's RPCs to a peer share the transport's one connection to it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::responder::OneshotResponder;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{Raft, RaftTypeConfig};
+use openraft::{ChangeMembers, Raft, RaftMetrics, RaftTypeConfig};
 use protocol::cluster::{Channel, Request, Response};
 use protocol::codec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::transport::{Reply, Transport, TransportError};
 
@@ -160,15 +164,75 @@ where
     }
 }
 
-/// One local group's Raft, type-erased so groups of different kinds share a router.
+/// One local group's Raft, type-erased so groups of different kinds (shards, metadata) share
+/// a router, a failure detector and the join procedure.
 pub trait GroupRpc: Send + Sync + 'static {
     fn handle(&self, channel: Channel, body: Vec<u8>) -> Reply;
+    /// The group as this node sees it.
+    fn metrics(&self) -> watch::Receiver<RaftMetrics<u64, Member>>;
+    /// Starts an election now (the node's failure detector decides when).
+    fn elect(&self) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// At the leader: adds `id` as a learner if it is no member, then as a voter if `voter`.
+    /// Errors name the cause (another node leads; the change did not commit).
+    fn add_member(
+        &self,
+        id: u64,
+        member: Member,
+        voter: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 }
 
 impl<C> GroupRpc for Raft<C>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = Member>,
+    C: RaftTypeConfig<NodeId = u64, Node = Member, Responder = OneshotResponder<C>>,
 {
+    fn metrics(&self) -> watch::Receiver<RaftMetrics<u64, Member>> {
+        Raft::metrics(self)
+    }
+
+    fn elect(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let raft = self.clone();
+        Box::pin(async move {
+            let _ = raft.trigger().elect().await;
+        })
+    }
+
+    fn add_member(
+        &self,
+        id: u64,
+        member: Member,
+        voter: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let raft = self.clone();
+        Box::pin(async move {
+            let known = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .is_some();
+            if !known {
+                raft.add_learner(id, member, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let is_voter = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == id);
+            if voter && !is_voter {
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
     fn handle(&self, channel: Channel, body: Vec<u8>) -> Reply {
         let raft = self.clone();
         Box::pin(async move {
@@ -229,6 +293,15 @@ impl Router {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group);
+    }
+
+    /// The local group numbered `group`.
+    pub fn get(&self, group: u32) -> Option<Arc<dyn GroupRpc>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
     }
 
     /// Serves a Raft request; a group this node does not host is a retryable error (it may be
