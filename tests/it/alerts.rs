@@ -15,8 +15,8 @@ use crate::harness::{now_ms, point, Node};
 
 /// A local webhook receiver that answers 500 to the first `fail_first` requests.
 #[derive(Clone, Default)]
-struct Receiver {
-    log: Arc<Mutex<Vec<(u16, Value)>>>,
+pub struct Receiver {
+    pub log: Arc<Mutex<Vec<(u16, Value)>>>,
     fail_first: usize,
 }
 
@@ -27,7 +27,7 @@ async fn receive(State(r): State<Receiver>, Json(body): Json<Value>) -> StatusCo
     StatusCode::from_u16(status).unwrap()
 }
 
-async fn start_receiver(fail_first: usize) -> (String, Receiver) {
+pub async fn start_receiver(fail_first: usize) -> (String, Receiver) {
     let r = Receiver {
         log: Arc::default(),
         fail_first,
@@ -41,7 +41,7 @@ async fn start_receiver(fail_first: usize) -> (String, Receiver) {
     (format!("http://{addr}/hook"), r)
 }
 
-async fn create_rule(node: &Node, rule: Value) -> u64 {
+pub async fn create_rule(node: &Node, rule: Value) -> u64 {
     let (s, b) = node
         .call(
             Method::POST,

@@ -346,3 +346,68 @@ async fn metadata_is_one_replicated_store_that_outlives_its_leader() {
     let back = cluster_node(&victim_dir, quic, None).await;
     assert_eq!(dashboard_names(&back, &carol).await, ["after", "ops"]);
 }
+
+/// Webhook deliveries that landed, by state.
+fn delivered(receiver: &crate::alerts::Receiver, state: &str) -> usize {
+    receiver
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, b)| *s == 200 && b["state"] == state)
+        .count()
+}
+
+#[tokio::test]
+async fn a_cluster_notifies_each_alert_once_and_hands_it_over_with_the_metadata_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, view) = three_nodes(root.path()).await;
+    let (hook, receiver) = crate::alerts::start_receiver(0).await;
+    // Created through one node, evaluated by the metadata group's leader only.
+    crate::alerts::create_rule(
+        &nodes[1],
+        serde_json::json!({"name": "cpu high", "query": {"metric": "cpu", "aggregation": "max", "window": "4s", "granularity": "1s"},
+               "condition": ">", "threshold": 90,
+               "notification_channels": [{"type": "webhook", "url": hook}]}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let breach = serde_json::json!({"data_points": [crate::harness::point("cpu", crate::harness::now_ms(), 97.0, &[])]});
+    let (status, v) = nodes[2].ingest(&breach).await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while delivered(&receiver, "firing") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never fired");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Three nodes watch the same data; one notification.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(delivered(&receiver, "firing"), 1, "{:?}", receiver.log);
+
+    // The metadata leader dies while the alert fires: the new leader takes the firing state
+    // over from the replicated store (no second "firing") and resolves it once.
+    let leader = view["meta_leader"].as_u64().unwrap();
+    let http = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(leader))
+        .unwrap()["http_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim = nodes.iter().position(|n| n.base.ends_with(&http)).unwrap();
+    drop(nodes.remove(victim).kill9());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while delivered(&receiver, "resolved") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never resolved: {:?}",
+            receiver.log
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(delivered(&receiver, "firing"), 1, "{:?}", receiver.log);
+    assert_eq!(delivered(&receiver, "resolved"), 1, "{:?}", receiver.log);
+}
