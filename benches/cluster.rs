@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use common::{free_quic, start_cluster_node, PASSWORD};
 use pulseboard::load::{drive, LoadArgs, Summary, Wire};
+use pulseboard::remote::Remote;
 
 fn args(url: &str, points: u64, connections: u64) -> LoadArgs {
     LoadArgs {
-        url: url.to_owned(),
-        token: None,
-        user: "admin".into(),
-        password: Some(PASSWORD.into()),
+        remote: Remote {
+            url: url.to_owned(),
+            token: None,
+            user: "admin".into(),
+            password: Some(PASSWORD.into()),
+        },
         protocol: Wire::Line,
         points,
         batch: 10_000,

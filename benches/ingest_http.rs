@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pulseboard::load::{drive, LoadArgs, Wire};
+use pulseboard::remote::Remote;
 
 fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -41,10 +42,12 @@ fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let summary = rt.block_on(async {
         let args = LoadArgs {
-            url: base.clone(),
-            token: None,
-            user: "admin".into(),
-            password: Some("bench-password".into()),
+            remote: Remote {
+                url: base.clone(),
+                token: None,
+                user: "admin".into(),
+                password: Some("bench-password".into()),
+            },
             protocol: wire,
             points,
             batch: 10_000,

@@ -18,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -90,6 +90,7 @@ pub fn router(state: Shared) -> Router {
         .route("/alerts/{id}", put(alerts::update).delete(alerts::delete))
         .route("/ws", get(ws::upgrade))
         .route("/cluster", get(ops::cluster))
+        .route("/cluster/nodes/{id}", delete(ops::remove_node))
         .route("/openapi.json", get(openapi))
         .fallback(not_found);
     Router::new()

@@ -37,6 +37,7 @@ pub mod load;
 pub mod membership;
 pub mod meta;
 pub mod query;
+pub mod remote;
 pub mod replication;
 pub mod server;
 pub mod shard;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::remote::Remote;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
@@ -23,17 +24,9 @@ pub enum Wire {
 
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Base URL of the node.
-    #[arg(long, env = "PULSEBOARD_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// API key or session token with the ingest scope; without one, `load` logs in as
-    /// `--user` with `--password`.
-    #[arg(long, env = "PULSEBOARD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    #[arg(long, default_value = "admin")]
-    pub user: String,
-    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
+    /// The node, and credentials with the ingest scope.
+    #[command(flatten)]
+    pub remote: Remote,
     #[arg(long, value_enum, default_value = "line")]
     pub protocol: Wire,
     /// Points to send in total.
@@ -134,35 +127,6 @@ fn body(args: &LoadArgs, n: u64, base_ms: i64) -> String {
     out
 }
 
-/// The token to send: `--token`, or a session from logging in as `--user`.
-async fn token(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<String> {
-    if let Some(t) = &args.token {
-        return Ok(t.clone());
-    }
-    let Some(password) = &args.password else {
-        bail!("give --token (or PULSEBOARD_TOKEN), or --password (or PULSEBOARD_ADMIN_PASSWORD) to log in as {}", args.user);
-    };
-    let url = format!("{}/api/v1/auth/login", args.url.trim_end_matches('/'));
-    let resp = client
-        .post(&url)
-        .json(&serde_json::json!({"username": args.user, "password": password}))
-        .send()
-        .await
-        .with_context(|| format!("log in at {url}"))?;
-    if !resp.status().is_success() {
-        bail!(
-            "log in as {} failed: {}",
-            args.user,
-            resp.text().await.unwrap_or_default()
-        );
-    }
-    let body: serde_json::Value = resp.json().await.context("login answer")?;
-    body["token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("login answer has no token")
-}
-
 pub async fn drive(args: &LoadArgs) -> anyhow::Result<Summary> {
     if args.batch == 0 || args.connections == 0 || args.series == 0 {
         bail!("--batch, --connections and --series must be at least 1");
@@ -173,13 +137,10 @@ pub async fn drive(args: &LoadArgs) -> anyhow::Result<Summary> {
         .timeout(Duration::from_secs(60))
         .build()
         .context("build the HTTP client")?;
-    let token = token(&client, args).await?;
+    let token = args.remote.token(&client).await?;
     let url = match args.protocol {
-        Wire::Line => format!(
-            "{}/api/v1/write?precision=ms",
-            args.url.trim_end_matches('/')
-        ),
-        Wire::Json => format!("{}/api/v1/ingest", args.url.trim_end_matches('/')),
+        Wire::Line => args.remote.endpoint("/api/v1/write?precision=ms"),
+        Wire::Json => args.remote.endpoint("/api/v1/ingest"),
     };
     let next = Arc::new(AtomicU64::new(0));
     let bar =

@@ -33,6 +33,28 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage the cluster through a running node's API (admin).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show the nodes, the metadata leader and every shard's leader and replicas.
+    Show {
+        #[command(flatten)]
+        remote: pulseboard::remote::Remote,
+    },
+    /// Remove a node from every Raft group (a learner takes its vote where there is one);
+    /// stop it afterwards. Nodes are added by starting them with `--join`.
+    Remove {
+        /// The node's id (see `pulseboard cluster show`).
+        node: u64,
+        #[command(flatten)]
+        remote: pulseboard::remote::Remote,
+    },
 }
 
 #[derive(Args)]
@@ -108,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args, false)),
         Command::Demo(args) => runtime.block_on(serve(args, true)),
         Command::Load(args) => runtime.block_on(pulseboard::load::run(args)),
+        Command::Cluster { command } => runtime.block_on(cluster(command)),
         Command::User { command } => match command {
             UserCommand::Add {
                 data_dir,
@@ -154,6 +177,34 @@ fn main() -> anyhow::Result<()> {
             }
         },
     }
+}
+
+/// `pulseboard cluster …`: one API call, its JSON answer printed.
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let (request, remote) = match &command {
+        ClusterCommand::Show { remote } => (client.get(remote.endpoint("/api/v1/cluster")), remote),
+        ClusterCommand::Remove { node, remote } => (
+            client.delete(remote.endpoint(&format!("/api/v1/cluster/nodes/{node}"))),
+            remote,
+        ),
+    };
+    let token = remote.token(&client).await?;
+    let resp = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("reach {}", remote.url))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            body["detail"]["message"].as_str().unwrap_or("")
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
 }
 
 /// Where the demo keeps its data unless told otherwise (apart from a real node's).

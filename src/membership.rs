@@ -141,17 +141,17 @@ impl Service for NodeService {
                     }
                 })
             }
-            Channel::Join => Box::pin(async move {
-                let join = match protocol::codec::decode(&request.body) {
-                    Ok(j) => j,
+            Channel::Membership => Box::pin(async move {
+                let change = match protocol::codec::decode(&request.body) {
+                    Ok(c) => c,
                     Err(e) => {
                         return Response::Err {
-                            message: format!("malformed join request: {e}"),
+                            message: format!("malformed membership request: {e}"),
                             retry: false,
                         }
                     }
                 };
-                match groups.join(join).await {
+                match groups.change_membership(change).await {
                     Ok(answer) => match protocol::codec::encode(&answer) {
                         Ok(b) => Response::Ok(b),
                         Err(e) => Response::Err {
@@ -267,6 +267,14 @@ impl Membership {
                 meta_leader: 0,
                 shards: Vec::new(),
             },
+        }
+    }
+
+    /// Removes node `id` from every group (see `RaftGroups::remove_node`).
+    pub async fn remove_node(&self, id: u64) -> Result<protocol::cluster::MembershipAnswer> {
+        match self.groups.get() {
+            Some(g) => g.remove_node(id).await,
+            None => Err(Error::Unavailable("this node is starting; retry".into())),
         }
     }
 

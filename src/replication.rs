@@ -15,7 +15,9 @@ use cluster::raft::{GroupRpc, Member};
 use cluster::transport::{Transport, TransportError};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
-use protocol::cluster::{Channel, JoinAnswer, JoinRequest, Request, Response, META_GROUP};
+use protocol::cluster::{
+    Channel, MemberChange, MembershipAnswer, MembershipRequest, Request, Response, META_GROUP,
+};
 use protocol::ShardBatch;
 use tracing::{info, warn};
 
@@ -234,16 +236,13 @@ impl RaftGroups {
         }
     }
 
-    /// Adds a node to the groups this node leads (as a voter while a group has fewer than
-    /// the replication factor, else as a learner) and passes the rest on to their leaders.
-    pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer> {
+    /// Carries out a membership change in the groups this node leads — a joining node
+    /// becomes a replica (a voter while a group has fewer than the replication factor, else a
+    /// learner); a leaving one stops being one — and passes the rest on to their leaders.
+    pub async fn change_membership(&self, req: MembershipRequest) -> Result<MembershipAnswer> {
         let hops = req.hops;
-        let member = Member {
-            quic: req.quic.clone(),
-            http: req.http.clone(),
-        };
         let wanted: Vec<u32> = req
-            .shards
+            .groups
             .clone()
             .unwrap_or_else(|| self.groups.iter().map(|(id, _)| *id).collect());
         let mut done = Vec::new();
@@ -266,25 +265,33 @@ impl RaftGroups {
                     Some(leader) if hops < 2 => elsewhere.entry(leader.quic).or_default().push(id),
                     _ => {
                         return Err(Error::Unavailable(format!(
-                            "group {id} has no reachable leader; retry the join"
+                            "group {id} has no reachable leader; retry"
                         )))
                     }
                 }
                 continue;
             }
-            let voter = voters.contains(&req.node_id) || voters.len() < self.replication_factor;
-            group
-                .add_member(req.node_id, member.clone(), voter)
-                .await
-                .map_err(|e| Error::Unavailable(format!("group {id}: {e}")))?;
+            let changed = match &req.change {
+                MemberChange::Join { quic, http } => {
+                    let member = Member {
+                        quic: quic.clone(),
+                        http: http.clone(),
+                    };
+                    let voter =
+                        voters.contains(&req.node_id) || voters.len() < self.replication_factor;
+                    group.add_member(req.node_id, member, voter).await
+                }
+                MemberChange::Leave => group.remove_member(req.node_id).await,
+            };
+            changed.map_err(|e| Error::Unavailable(format!("group {id}: {e}")))?;
             done.push(id);
         }
-        for (leader, shards) in elsewhere {
+        for (leader, groups) in elsewhere {
             let addr: SocketAddr = leader
                 .parse()
                 .map_err(|e| Error::Internal(format!("leader address {leader}: {e}")))?;
-            let body = protocol::codec::encode(&JoinRequest {
-                shards: Some(shards),
+            let body = protocol::codec::encode(&MembershipRequest {
+                groups: Some(groups),
                 hops: hops + 1,
                 ..req.clone()
             })
@@ -294,31 +301,72 @@ impl RaftGroups {
                 .call_within(
                     addr,
                     &Request {
-                        channel: Channel::Join,
+                        channel: Channel::Membership,
                         group: 0,
                         body,
                     },
                     Duration::from_secs(60),
                 )
                 .await
-                .map_err(|e| Error::Unavailable(format!("passing the join on: {e}")))?;
-            let answer: JoinAnswer = protocol::codec::decode(&answer)
-                .map_err(|e| Error::Internal(format!("join answer: {e}")))?;
-            done.extend(answer.shards);
+                .map_err(|e| Error::Unavailable(format!("passing the change on: {e}")))?;
+            let answer: MembershipAnswer = protocol::codec::decode(&answer)
+                .map_err(|e| Error::Internal(format!("membership answer: {e}")))?;
+            done.extend(answer.groups);
         }
         done.sort_unstable();
-        info!(node = req.node_id, quic = %req.quic, shards = done.len(), "node joined shard groups");
-        Ok(JoinAnswer { shards: done })
+        info!(node = req.node_id, change = ?req.change, groups = done.len(), "membership changed");
+        Ok(MembershipAnswer { groups: done })
+    }
+
+    /// Removes node `id` from every group (admin: `DELETE /api/v1/cluster/nodes/{id}`).
+    /// Refused for an unknown node, and for the last voter of a group.
+    pub async fn remove_node(&self, id: u64) -> Result<MembershipAnswer> {
+        let known = self.groups.iter().any(|(_, g)| {
+            g.metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .is_some()
+        });
+        if !known {
+            return Err(Error::NotFound {
+                what: format!("node {id}"),
+            });
+        }
+        for (group, g) in &self.groups {
+            let alone = g
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .eq([id]);
+            if alone {
+                return Err(Error::Meta(crate::meta::MetaError::Conflict(format!(
+                    "node {id} is the only voter of group {group}; add another node first"
+                ))));
+            }
+        }
+        self.change_membership(MembershipRequest {
+            node_id: id,
+            change: MemberChange::Leave,
+            groups: None,
+            hops: 0,
+        })
+        .await
     }
 
     /// Asks `peer` to add this node to every shard group, retrying while the cluster elects
     /// leaders, then waits until every group has this node as a member and knows its leader.
     pub async fn join_via(&self, peer: SocketAddr, me: &Member) -> Result<()> {
-        let req = JoinRequest {
+        let req = MembershipRequest {
             node_id: self.node_id,
-            quic: me.quic.clone(),
-            http: me.http.clone(),
-            shards: None,
+            change: MemberChange::Join {
+                quic: me.quic.clone(),
+                http: me.http.clone(),
+            },
+            groups: None,
             hops: 0,
         };
         let body = protocol::codec::encode(&req).map_err(|e| Error::Internal(e.to_string()))?;
@@ -329,7 +377,7 @@ impl RaftGroups {
                 .call_within(
                     peer,
                     &Request {
-                        channel: Channel::Join,
+                        channel: Channel::Membership,
                         group: 0,
                         body: body.clone(),
                     },

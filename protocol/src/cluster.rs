@@ -51,8 +51,9 @@ pub enum Channel {
     RaftAppend,
     RaftVote,
     RaftSnapshot,
-    /// Cluster membership: the body is a [`JoinRequest`].
-    Join,
+    /// Cluster membership: the body is a [`MembershipRequest`], the answer a
+    /// [`MembershipAnswer`].
+    Membership,
     /// An ingest batch forwarded to a shard's leader: the body is a `ShardBatch`, the answer
     /// empty once the shard's group committed and applied it.
     Ingest,
@@ -99,24 +100,32 @@ pub enum Refusal {
     Failed(String),
 }
 
-/// `Channel::Join` body: a node asks to become a replica of the groups.
+/// `Channel::Membership` body: a change of a node's place in the groups, carried out by each
+/// group's leader.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinRequest {
+pub struct MembershipRequest {
     pub node_id: u64,
-    /// Its QUIC and HTTP addresses, as other nodes should use them.
-    pub quic: String,
-    pub http: String,
-    /// The groups to join (shard numbers, [`META_GROUP`]); `None` for every group.
-    pub shards: Option<Vec<u32>>,
-    /// How many nodes passed the request on (a member passes the shards it does not lead to
-    /// their leaders; past 2 hops the join fails instead of chasing elections).
+    pub change: MemberChange,
+    /// The groups to change (shard numbers, [`META_GROUP`]); `None` for every group.
+    pub groups: Option<Vec<u32>>,
+    /// How many nodes passed the request on (a member passes the groups it does not lead to
+    /// their leaders; past 2 hops the change fails instead of chasing elections).
     pub hops: u8,
 }
 
-/// The answer to a [`JoinRequest`]: the shards the node now replicates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinAnswer {
-    pub shards: Vec<u32>,
+pub enum MemberChange {
+    /// The node becomes a replica (a voter while a group has fewer than the replication
+    /// factor, else a learner). Its QUIC and HTTP addresses, as other nodes should use them.
+    Join { quic: String, http: String },
+    /// The node stops being a replica; a learner takes its vote where there is one.
+    Leave,
+}
+
+/// The answer to a [`MembershipRequest`]: the groups changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipAnswer {
+    pub groups: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,12 +1,12 @@
 //! `/healthz` (the process answers), `/readyz` (storage recovered and accepting writes),
 //! `/metrics` (Prometheus text format), `/api/v1/cluster` (members and shard placement).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
-use super::{Auth, Shared};
+use super::{ApiResult, Auth, Shared};
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -40,4 +40,19 @@ pub async fn cluster(
     _auth: Auth,
 ) -> Json<crate::membership::ClusterView> {
     Json(state.membership.view().await)
+}
+
+/// `DELETE /api/v1/cluster/nodes/{id}` (admin): the node stops being a replica of every group
+/// (a learner takes its vote where there is one); then it can be stopped. Answers the groups
+/// changed.
+pub async fn remove_node(
+    State(state): State<Shared>,
+    Auth(p): Auth,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<serde_json::Value>> {
+    p.require(crate::meta::Action::ManageCluster)?;
+    let groups = state.membership.remove_node(id).await?;
+    Ok(Json(
+        serde_json::json!({"removed": id, "groups": groups.groups.len()}),
+    ))
 }

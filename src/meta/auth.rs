@@ -74,6 +74,8 @@ pub enum Action {
     Read,
     ManageUsers,
     ManageKeys,
+    /// Remove nodes from the cluster.
+    ManageCluster,
 }
 
 impl Action {
@@ -83,6 +85,7 @@ impl Action {
             Action::Read => "read",
             Action::ManageUsers => "manage users",
             Action::ManageKeys => "manage API keys",
+            Action::ManageCluster => "manage the cluster",
         }
     }
 
@@ -91,7 +94,7 @@ impl Action {
         match self {
             Action::Read => Role::Viewer,
             Action::Ingest | Action::ManageKeys => Role::Editor,
-            Action::ManageUsers => Role::Admin,
+            Action::ManageUsers | Action::ManageCluster => Role::Admin,
         }
     }
 
@@ -100,7 +103,7 @@ impl Action {
         match self {
             Action::Ingest => Scope::Ingest,
             Action::Read => Scope::Read,
-            Action::ManageUsers | Action::ManageKeys => Scope::Admin,
+            Action::ManageUsers | Action::ManageKeys | Action::ManageCluster => Scope::Admin,
         }
     }
 }

@@ -411,3 +411,133 @@ async fn a_cluster_notifies_each_alert_once_and_hands_it_over_with_the_metadata_
     assert_eq!(delivered(&receiver, "firing"), 1, "{:?}", receiver.log);
     assert_eq!(delivered(&receiver, "resolved"), 1, "{:?}", receiver.log);
 }
+
+#[tokio::test]
+async fn a_removed_node_hands_its_vote_to_a_learner_and_no_write_is_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = three_nodes(root.path()).await;
+    // A fourth node joins as a learner of every group (the replication factor is 3).
+    let (_, view) = nodes[0].get("/api/v1/cluster").await;
+    let first_quic = view["nodes"][0]["quic_addr"].as_str().unwrap().to_owned();
+    let fourth = cluster_node(
+        &root.path().join("n3"),
+        &free_quic_addr(),
+        Some(&first_quic),
+    )
+    .await;
+    nodes.push(fourth);
+    let base = crate::harness::now_ms() - 60_000;
+    let mut want = std::collections::BTreeMap::new();
+    for (b, node) in nodes.iter().enumerate() {
+        write_batch(node, b, 100, base, &mut want).await;
+    }
+    let (_, view) = nodes[0].get("/api/v1/cluster").await;
+    let id_of = |node: &Node| {
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| node.base.ends_with(n["http_addr"].as_str().unwrap()))
+            .unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let learner = id_of(&nodes[3]);
+    assert_eq!(
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == learner)
+            .unwrap()["role"],
+        "learner",
+        "{view}"
+    );
+
+    // Unknown nodes and callers who are not admins are refused.
+    let (status, _) = nodes[0]
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/cluster/nodes/12345",
+            Some(&nodes[0].token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = nodes[0]
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/cluster/nodes/12345",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // `pulseboard cluster remove` through node 0 takes node 1 out of every group.
+    let leaving = id_of(&nodes[1]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
+        .args([
+            "cluster",
+            "remove",
+            &leaving.to_string(),
+            "--url",
+            &nodes[0].base,
+        ])
+        .env("PULSEBOARD_TOKEN", &nodes[0].token)
+        .output()
+        .expect("run cluster remove");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gone = nodes.remove(1);
+    drop(gone.terminate());
+
+    let (_, view) = nodes[0].get("/api/v1/cluster").await;
+    let members = view["nodes"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{view}");
+    assert!(members.iter().all(|n| n["id"] != leaving), "{view}");
+    assert!(
+        members.iter().all(|n| n["role"] == "voter"),
+        "the learner took the vote: {view}"
+    );
+    for s in view["shards"].as_array().unwrap() {
+        assert_eq!(s["replicas"].as_array().unwrap().len(), 3, "{view}");
+        assert!(
+            !s["replicas"].as_array().unwrap().contains(&leaving.into()),
+            "{view}"
+        );
+    }
+    // The cluster goes on taking writes, and every node has every acknowledged point.
+    for b in 4..10 {
+        write_batch(&nodes[b % 3], b, 100, base, &mut want).await;
+    }
+    for n in &nodes {
+        converges(n, &want).await;
+    }
+}
+
+#[tokio::test]
+async fn the_only_node_cannot_be_removed() {
+    let node = Node::start().await;
+    let (_, view) = node.get("/api/v1/cluster").await;
+    let me = view["nodes"][0]["id"].as_u64().unwrap();
+    let (status, v) = node
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/cluster/nodes/{me}"),
+            Some(&node.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["detail"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only voter"),
+        "{v}"
+    );
+}

@@ -180,6 +180,10 @@ pub trait GroupRpc: Send + Sync + 'static {
         member: Member,
         voter: bool,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+    /// At the leader: removes `id` from the group; if it was a voter, a learner (if any)
+    /// becomes a voter first, so the group keeps its number of voters. Refuses to remove the
+    /// last voter.
+    fn remove_member(&self, id: u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 }
 
 impl<C> GroupRpc for Raft<C>
@@ -226,6 +230,50 @@ where
                 .any(|v| v == id);
             if voter && !is_voter {
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_member(&self, id: u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let raft = self.clone();
+        Box::pin(async move {
+            let (voters, learners): (BTreeSet<u64>, Vec<u64>) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                let membership = m.membership_config.membership();
+                if membership.get_node(&id).is_none() {
+                    return Ok(());
+                }
+                let voters: BTreeSet<u64> = membership.voter_ids().collect();
+                let learners = membership
+                    .nodes()
+                    .map(|(n, _)| *n)
+                    .filter(|n| !voters.contains(n) && *n != id)
+                    .collect();
+                (voters, learners)
+            };
+            if voters.contains(&id) {
+                if voters.len() == 1 {
+                    return Err(format!(
+                        "node {id} is the group's last voter; add another node first"
+                    ));
+                }
+                if let Some(&stand_in) = learners.first() {
+                    raft.change_membership(
+                        ChangeMembers::AddVoterIds(BTreeSet::from([stand_in])),
+                        true,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| e.to_string())?;
             }

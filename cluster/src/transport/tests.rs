@@ -18,7 +18,7 @@ impl Service for Echo {
             if request.channel == Channel::Query {
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
-            if request.channel == Channel::Join {
+            if request.channel == Channel::Membership {
                 return Response::Err {
                     message: "not the leader".into(),
                     retry: true,
@@ -123,7 +123,7 @@ async fn garbage_on_the_wire_gets_an_error_not_a_crash() {
     }
     // A service error comes back as such.
     let err = b
-        .call(a.local_addr(), &req(Channel::Join, b""))
+        .call(a.local_addr(), &req(Channel::Membership, b""))
         .await
         .expect_err("service error");
     assert!(
