@@ -80,6 +80,7 @@ fn main() {
                 received_ms: now,
                 points: c.to_vec().into(),
                 batch_id: None,
+                hashes: Default::default(),
             })
             .collect();
         prepared.push((s, list));

@@ -533,21 +533,25 @@ impl Engine {
             .collect();
         self.admission.admit(&points, &hashes)?;
 
-        let mut per_shard: Vec<Vec<DataPoint>> = vec![Vec::new(); shard_count as usize];
-        for (p, h) in points.into_iter().zip(&hashes) {
-            per_shard[protocol::point::shard_for(*h, shard_count) as usize].push(p);
+        let mut per_shard: Vec<(Vec<DataPoint>, Vec<u64>)> =
+            vec![(Vec::new(), Vec::new()); shard_count as usize];
+        for (p, h) in points.into_iter().zip(hashes) {
+            let part = &mut per_shard[protocol::point::shard_for(h, shard_count) as usize];
+            part.0.push(p);
+            part.1.push(h);
         }
         let arrival = self.arrival_stamp(now_ms);
         let proposals = per_shard
             .into_iter()
             .enumerate()
-            .filter(|(_, points)| !points.is_empty())
-            .map(|(shard, points)| {
+            .filter(|(_, (points, _))| !points.is_empty())
+            .map(|(shard, (points, hashes))| {
                 let batch = ShardBatch {
                     shard: shard as u32,
                     received_ms: arrival,
                     points: points.into(),
                     batch_id: batch_id.map(str::to_owned),
+                    hashes: protocol::batch::SeriesHashes(hashes.into()),
                 };
                 self.groups.propose(batch)
             });
@@ -871,6 +875,7 @@ mod tests {
                 received_ms: now,
                 points: part.into(),
                 batch_id: Some("k1".into()),
+                hashes: Default::default(),
             })
             .await
             .expect("part");

@@ -18,4 +18,34 @@ pub struct ShardBatch {
     /// The client's idempotency key for the request this batch is part of: the shard
     /// remembers it, so a retried request is applied once (SPEC §3).
     pub batch_id: Option<String>,
+    /// The points' series hashes as the ingesting node computed them to place the points, so
+    /// the leader's state machine does not hash every point again. Not encoded: a batch read
+    /// back from the log or received by a follower has none, and [`ShardBatch::series_hash`]
+    /// computes them.
+    #[serde(skip)]
+    pub hashes: SeriesHashes,
+}
+
+/// A cache beside a batch's points (see [`ShardBatch::hashes`]): not part of its value, so
+/// two batches compare equal whatever their caches hold.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesHashes(pub Arc<Vec<u64>>);
+
+impl PartialEq for SeriesHashes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl ShardBatch {
+    /// The series hash of point `i`: from the cache, else computed.
+    pub fn series_hash(&self, i: usize) -> u64 {
+        match self.hashes.0.get(i) {
+            Some(&h) => h,
+            None => {
+                let p = &self.points[i];
+                crate::point::series_hash(&p.metric, &p.dimensions)
+            }
+        }
+    }
 }

@@ -83,6 +83,7 @@ mod tests {
                 shard,
                 received_ms,
                 points: points.into(),
+                hashes: Default::default(),
             })
     }
 

@@ -232,7 +232,7 @@ impl ShardState {
         let base = (batch.received_ms.max(0) as u64) << 21;
         for (pos, point) in batch.points.iter().enumerate() {
             let seq = base | (pos as u64 & 0x1F_FFFF);
-            let id = self.series_id_or_insert(point);
+            let id = self.series_id_or_insert(point, batch.series_hash(pos));
             let series = &mut self.series[id as usize];
             series.ring.push(point.timestamp_ms, point.value);
             for rollup in &mut series.rollups {
@@ -265,8 +265,8 @@ impl ShardState {
         }
     }
 
-    fn series_id_or_insert(&mut self, point: &DataPoint) -> u32 {
-        let hash = protocol::point::series_hash(&point.metric, &point.dimensions);
+    /// The series of `point`, whose series hash is `hash`.
+    fn series_id_or_insert(&mut self, point: &DataPoint, hash: u64) -> u32 {
         let same = |s: &Series| s.metric == point.metric && s.dimensions == point.dimensions;
         if let Some(&id) = self.by_hash.get(&hash) {
             if same(&self.series[id as usize]) {
@@ -577,6 +577,7 @@ mod tests {
             received_ms: 1_000_000,
             points: points.into(),
             batch_id: None,
+            hashes: Default::default(),
         }
     }
 

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::log::{Op, SharedLog};
 
 /// Encoded bytes of durable entries a group keeps in memory.
-pub const CACHE_BYTES: usize = 1 << 20;
+pub const CACHE_BYTES: usize = 256 << 10;
 
 struct Cache<E> {
     /// Entries not yet durable, and the most recent durable ones, with their encoded size.
