@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_quic, start_cluster_node, PASSWORD};
+use common::{free_quic, process_cpu_seconds, start_cluster_node, PASSWORD};
 use pulseboard::load::{drive, LoadArgs, Summary, Wire};
 use pulseboard::remote::Remote;
 
@@ -45,7 +45,7 @@ fn main() {
     let points = 2_000_000;
 
     let dir = tempfile::tempdir().unwrap();
-    let single = start_cluster_node(&dir.path().join("single"), &free_quic(), None);
+    let single = start_cluster_node(&dir.path().join("single"), &free_quic(), None, &[]);
     let one = rt.block_on(async {
         drive(&args(&single.base, 100_000, 4)).await.unwrap();
         drive(&args(&single.base, points, 4)).await.unwrap()
@@ -53,15 +53,7 @@ fn main() {
     drop(single);
     report("1 node", &one);
 
-    let quic: Vec<String> = (0..3).map(|_| free_quic()).collect();
-    let mut nodes = vec![start_cluster_node(&dir.path().join("n0"), &quic[0], None)];
-    for (i, q) in quic.iter().enumerate().skip(1) {
-        nodes.push(start_cluster_node(
-            &dir.path().join(format!("n{i}")),
-            q,
-            Some(&quic[0]),
-        ));
-    }
+    let nodes = three_nodes(&dir.path().join("c16"), &[]);
     std::thread::sleep(Duration::from_secs(1));
     let via_one = rt.block_on(async {
         drive(&args(&nodes[0].base, 100_000, 4)).await.unwrap();
@@ -86,4 +78,59 @@ fn main() {
         via_one.points_per_second / one.points_per_second,
         total / one.points_per_second
     );
+    drop(nodes);
+
+    // What many groups cost when nothing is written: heartbeats (batched per peer) and the
+    // failure detector's probes.
+    let shards = 256;
+    let nodes = three_nodes(
+        &dir.path().join(format!("c{shards}")),
+        &["--shards", &shards.to_string()],
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu = || -> f64 {
+        nodes
+            .iter()
+            .map(|n| process_cpu_seconds(n.child.id()))
+            .sum()
+    };
+    let (c0, t0) = (cpu(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(20));
+    let per_node = (cpu() - c0) / t0.elapsed().as_secs_f64() / 3.0;
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("{}/metrics", nodes[0].base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let rpcs = counter("pulseboard_raft_batched_rpcs_total ");
+    let frames = counter("pulseboard_raft_batch_frames_total ");
+    println!(
+        "3 nodes, {shards} shards, idle: {:.1} % of a core per node; heartbeats and votes: {:.1} per frame",
+        per_node * 100.0,
+        rpcs / frames.max(1.0)
+    );
+}
+
+/// Three nodes joined into one cluster, each started with `extra` flags.
+fn three_nodes(root: &std::path::Path, extra: &[&str]) -> Vec<common::ClusterNode> {
+    let quic: Vec<String> = (0..3).map(|_| free_quic()).collect();
+    let mut nodes = vec![start_cluster_node(&root.join("n0"), &quic[0], None, extra)];
+    for (i, q) in quic.iter().enumerate().skip(1) {
+        nodes.push(start_cluster_node(
+            &root.join(format!("n{i}")),
+            q,
+            Some(&quic[0]),
+            extra,
+        ));
+    }
+    nodes
 }

@@ -648,6 +648,11 @@ impl Engine {
         Ok(total)
     }
 
+    /// Raft heartbeats and votes sent batched, and the frames that carried them.
+    pub fn raft_batched(&self) -> (u64, u64) {
+        self.groups.batched()
+    }
+
     pub fn log_stats(&self) -> cluster::LogStats {
         self.log.stats()
     }

@@ -80,6 +80,11 @@ impl RaftGroups {
             .collect()
     }
 
+    /// Heartbeats and votes sent to peers batched, and the frames that carried them.
+    pub fn batched(&self) -> (u64, u64) {
+        self.transport.batched()
+    }
+
     pub fn meta(&self) -> &Arc<MetaGroup> {
         &self.meta
     }

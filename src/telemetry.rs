@@ -246,6 +246,13 @@ impl Telemetry {
         let _ = writeln!(w, "# TYPE pulseboard_wal_errors_total counter");
         let _ = writeln!(w, "pulseboard_wal_errors_total {}", log.errors);
 
+        let (batched, frames) = engine.raft_batched();
+        let _ = writeln!(w, "# HELP pulseboard_raft_batched_rpcs_total Raft heartbeats and votes sent to peers in shared frames.");
+        let _ = writeln!(w, "# TYPE pulseboard_raft_batched_rpcs_total counter");
+        let _ = writeln!(w, "pulseboard_raft_batched_rpcs_total {batched}");
+        let _ = writeln!(w, "# TYPE pulseboard_raft_batch_frames_total counter");
+        let _ = writeln!(w, "pulseboard_raft_batch_frames_total {frames}");
+
         if let Some(s) = stats {
             let _ = writeln!(w, "# TYPE pulseboard_series gauge");
             let _ = writeln!(w, "pulseboard_series {}", s.series);

@@ -73,8 +73,12 @@ pub async fn start() -> Server {
 
 /// CPU seconds (user + system) the server process has used so far.
 pub fn cpu_seconds(server: &Server) -> f64 {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{}/stat", server.child.id())).unwrap_or_default();
+    process_cpu_seconds(server.child.id())
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -104,8 +108,14 @@ pub fn free_quic() -> String {
     s.local_addr().unwrap().to_string()
 }
 
-/// Starts (or restarts) a cluster node; with `join`, a fresh one joins that member.
-pub fn start_cluster_node(dir: &std::path::Path, quic: &str, join: Option<&str>) -> ClusterNode {
+/// Starts (or restarts) a cluster node; with `join`, a fresh one joins that member. `extra`
+/// are more `serve` flags.
+pub fn start_cluster_node(
+    dir: &std::path::Path,
+    quic: &str,
+    join: Option<&str>,
+    extra: &[&str],
+) -> ClusterNode {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulseboard"));
     cmd.args([
         "serve",
@@ -123,6 +133,7 @@ pub fn start_cluster_node(dir: &std::path::Path, quic: &str, join: Option<&str>)
     if let Some(peer) = join {
         cmd.args(["--join", peer]);
     }
+    cmd.args(extra);
     let mut child = cmd.spawn().unwrap();
     let addr = ready_addr(&mut child);
     ClusterNode {

@@ -167,6 +167,29 @@ impl Workload {
     }
 }
 
+/// How one attempt ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Acked,
+    /// An HTTP error (503 during an election, 401): the node answered.
+    Refused,
+    /// No answer in time, or no connection.
+    NoAnswer,
+}
+
+/// How long a writer skips a node that did not answer.
+const AVOID: Duration = Duration::from_secs(5);
+
+/// The node after `node` that is not being avoided (or simply the next, if all are).
+fn next_node(node: usize, avoid: &[Option<Instant>]) -> usize {
+    let n = avoid.len();
+    let now = Instant::now();
+    (1..=n)
+        .map(|k| (node + k) % n)
+        .find(|&i| avoid[i].is_none_or(|t| t <= now))
+        .unwrap_or((node + 1) % n)
+}
+
 struct Writer {
     w: usize,
     t0_ms: i64,
@@ -182,6 +205,7 @@ struct Writer {
 impl Writer {
     async fn run(self) {
         let mut node = self.w % self.bases.len();
+        let mut avoid: Vec<Option<Instant>> = vec![None; self.bases.len()];
         while !self.stop.load(Ordering::SeqCst) {
             let n = self.options.batch;
             let first = {
@@ -205,11 +229,26 @@ impl Writer {
             let body = json!({ "data_points": points }).to_string();
             let batch = Batch { first, n };
             let began = Instant::now();
+            let mut refused = 0;
             let acked = loop {
-                if self.send(node, first, &body, n).await {
-                    break true;
+                match self.send(node, first, &body, n).await {
+                    Sent::Acked => break true,
+                    // A node that did not answer in time (paused, cut off, dead) is skipped
+                    // for a while, as a client library would, rather than waited on again.
+                    Sent::NoAnswer => {
+                        avoid[node] = Some(Instant::now() + AVOID);
+                        node = next_node(node, &avoid);
+                    }
+                    // A node that answered 503 (an election under way) is asked again: it is
+                    // alive, and the next node may be the one that is not. After three
+                    // refusals in a row, the next node.
+                    Sent::Refused => {
+                        refused += 1;
+                        if refused % 3 == 0 {
+                            node = next_node(node, &avoid);
+                        }
+                    }
                 }
-                node = (node + 1) % self.bases.len();
                 if began.elapsed() > self.options.give_up {
                     break false;
                 }
@@ -275,12 +314,12 @@ impl Writer {
         }
     }
 
-    /// One attempt; true once acknowledged.
-    async fn send(&self, node: usize, first: u64, body: &str, n: u32) -> bool {
+    /// One attempt.
+    async fn send(&self, node: usize, first: u64, body: &str, n: u32) -> Sent {
         let at = self.started.elapsed().as_secs_f64();
         let sent = Instant::now();
-        let ok = match self.token(node).await {
-            None => false,
+        let outcome = match self.token(node).await {
+            None => Sent::NoAnswer,
             Some(token) => {
                 let r = self
                     .client
@@ -293,17 +332,18 @@ impl Writer {
                     .send()
                     .await;
                 match r {
-                    Ok(r) if r.status().is_success() => true,
+                    Ok(r) if r.status().is_success() => Sent::Acked,
                     Ok(r) => {
                         if r.status() == reqwest::StatusCode::UNAUTHORIZED {
                             self.tokens.lock().unwrap_or_else(|p| p.into_inner())[node] = None;
                         }
-                        false
+                        Sent::Refused
                     }
-                    Err(_) => false,
+                    Err(_) => Sent::NoAnswer,
                 }
             }
         };
+        let ok = outcome == Sent::Acked;
         self.record
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -314,13 +354,23 @@ impl Writer {
                 ok,
                 points: n,
             });
-        ok
+        outcome
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writers_skip_nodes_that_did_not_answer() {
+        let later = Some(Instant::now() + Duration::from_secs(60));
+        assert_eq!(next_node(0, &[None, None, None]), 1);
+        assert_eq!(next_node(0, &[None, later, None]), 2);
+        assert_eq!(next_node(2, &[later, None, None]), 1);
+        // Everyone silent: go round anyway.
+        assert_eq!(next_node(1, &[later, later, later]), 2);
+    }
 
     #[test]
     fn every_id_has_its_own_place() {

@@ -94,8 +94,29 @@ pub struct Transport {
     config: TransportConfig,
     /// One connection per peer address; the async lock serializes (re)connecting to a peer.
     peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
+    /// Small requests waiting to travel to each peer in one frame ([`Transport::call_batched`]).
+    batches: Mutex<HashMap<SocketAddr, Batch>>,
+    /// Batched requests sent, and the frames that carried them.
+    batched: [std::sync::atomic::AtomicU64; 2],
     accept: tokio::task::JoinHandle<()>,
 }
+
+type Answer = tokio::sync::oneshot::Sender<Result<Vec<u8>, TransportError>>;
+
+/// One peer's queue of batched requests; `sending` while a frame to it is in flight.
+#[derive(Default)]
+struct Batch {
+    waiting: Vec<(Request, Answer)>,
+    sending: bool,
+}
+
+/// Requests in one batched frame, at most.
+const BATCH_MAX: usize = 1024;
+/// How long a batched frame waits for more requests before it leaves: groups' heartbeat
+/// timers are not aligned, and a round trip on a local network is shorter than the gaps
+/// between them, so without a wait few frames would carry more than one request. Far below
+/// the heartbeat interval and the leader lease.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
 
 impl Transport {
     /// Binds the endpoint and starts serving `service`.
@@ -123,6 +144,8 @@ impl Transport {
             endpoint,
             config,
             peers: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
+            batched: Default::default(),
             accept,
         })
     }
@@ -152,6 +175,124 @@ impl Transport {
             Ok(r) => r,
             Err(_) => Err(TransportError::Timeout { addr, timeout }),
         }
+    }
+
+    /// Like [`Transport::call_within`], but the request shares a frame with the other small
+    /// requests to the same peer: while a frame to `addr` is in flight, requests queue, and
+    /// the next frame carries all of them (so a node hosting many groups sends their
+    /// heartbeats to a peer as a few frames, not one stream each). A frame leaves
+    /// [`BATCH_LINGER`] after its first request.
+    pub async fn call_batched(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            let batch = batches.entry(addr).or_default();
+            batch.waiting.push((request, tx));
+            !std::mem::replace(&mut batch.sending, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.send_batches(addr, timeout).await });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(TransportError::Stream {
+                addr,
+                reason: "the batch was dropped".into(),
+            }),
+            Err(_) => Err(TransportError::Timeout { addr, timeout }),
+        }
+    }
+
+    /// Sends `addr`'s queued requests, a frame at a time, until none are left; each frame
+    /// waits [`BATCH_LINGER`] for more to join it.
+    async fn send_batches(&self, addr: SocketAddr, timeout: Duration) {
+        loop {
+            tokio::time::sleep(BATCH_LINGER).await;
+            let batch: Vec<(Request, Answer)> = {
+                let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(b) = batches.get_mut(&addr) else {
+                    return;
+                };
+                if b.waiting.is_empty() {
+                    b.sending = false;
+                    return;
+                }
+                let n = b.waiting.len().min(BATCH_MAX);
+                b.waiting.drain(..n).collect()
+            };
+            let (requests, answers): (Vec<Request>, Vec<Answer>) = batch.into_iter().unzip();
+            use std::sync::atomic::Ordering::Relaxed;
+            self.batched[0].fetch_add(requests.len() as u64, Relaxed);
+            self.batched[1].fetch_add(1, Relaxed);
+            let result = match codec::encode(&requests) {
+                Ok(body) => {
+                    let frame = Request {
+                        channel: Channel::Batch,
+                        group: 0,
+                        body,
+                    };
+                    self.call_within(addr, &frame, timeout).await
+                }
+                Err(e) => Err(TransportError::Stream {
+                    addr,
+                    reason: e.to_string(),
+                }),
+            };
+            let responses = result.and_then(|body| {
+                codec::decode::<Vec<Response>>(&body)
+                    .ok()
+                    .filter(|r| r.len() == answers.len())
+                    .ok_or_else(|| TransportError::Stream {
+                        addr,
+                        reason: "bad batch answer".into(),
+                    })
+            });
+            match responses {
+                Ok(responses) => {
+                    for (answer, response) in answers.into_iter().zip(responses) {
+                        let _ = answer.send(match response {
+                            Response::Ok(body) => Ok(body),
+                            Response::Err { message, retry } => Err(TransportError::Remote {
+                                addr,
+                                message,
+                                retry,
+                            }),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    for answer in answers {
+                        let _ = answer.send(Err(match &e {
+                            TransportError::Timeout { timeout, .. } => TransportError::Timeout {
+                                addr,
+                                timeout: *timeout,
+                            },
+                            TransportError::Connect { .. } => TransportError::Connect {
+                                addr,
+                                reason: reason.clone(),
+                            },
+                            _ => TransportError::Stream {
+                                addr,
+                                reason: reason.clone(),
+                            },
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `(requests, frames)`: how many batched requests were sent, in how many frames.
+    pub fn batched(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.batched[0].load(Relaxed), self.batched[1].load(Relaxed))
     }
 
     /// Asks `addr` for its node id (and proves the secret both ways).
@@ -482,6 +623,9 @@ async fn serve_connection(
                             retry: false,
                         },
                     },
+                    Ok(r) if r.channel == Channel::Batch => {
+                        serve_batch(&service, peer, &r.body).await
+                    }
                     Ok(r) => service.serve(peer, r).await,
                 },
             };
@@ -490,6 +634,45 @@ async fn serve_connection(
                 let _ = send.finish();
             }
         });
+    }
+}
+
+/// A `Channel::Batch` frame: every request served at once, the answers in order.
+async fn serve_batch(service: &Arc<dyn Service>, peer: u64, body: &[u8]) -> Response {
+    let requests: Vec<Request> = match codec::decode(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::Err {
+                message: format!("malformed batch: {e}"),
+                retry: false,
+            }
+        }
+    };
+    if requests.len() > BATCH_MAX {
+        return Response::Err {
+            message: format!("a batch holds at most {BATCH_MAX} requests"),
+            retry: false,
+        };
+    }
+    let answers = requests.into_iter().map(|r| {
+        let reply: Reply = match r.channel {
+            Channel::Batch | Channel::Ping => Box::pin(async move {
+                Response::Err {
+                    message: format!("{:?} requests cannot travel in a batch", r.channel),
+                    retry: false,
+                }
+            }),
+            _ => service.serve(peer, r),
+        };
+        reply
+    });
+    let answers = futures_util::future::join_all(answers).await;
+    match codec::encode(&answers) {
+        Ok(b) => Response::Ok(b),
+        Err(e) => Response::Err {
+            message: e.to_string(),
+            retry: false,
+        },
     }
 }
 

@@ -71,6 +71,10 @@ pub enum Channel {
     /// A read barrier: the metadata group's leader confirms its leadership with a majority
     /// and answers the log index a linearizable read must wait for (a `u64`).
     MetaReadIndex,
+    /// Several small requests in one frame (a `Vec<Request>`, none of them a `Batch`); the
+    /// answer is their responses in the same order (a `Vec<Response>`). Heartbeats and votes
+    /// of every group bound for one peer travel this way.
+    Batch,
 }
 
 /// The Raft group of the cluster's metadata (users, keys, dashboards, alert rules); shard

@@ -94,11 +94,15 @@ impl<C> PeerClient<C>
 where
     C: RaftTypeConfig<NodeId = u64, Node = Member>,
 {
+    /// One RPC; a `batched` one shares a frame with the other groups' small RPCs to the same
+    /// peer (`Transport::call_batched`): heartbeats and votes, which every group sends and
+    /// which would otherwise cost a stream each.
     async fn rpc<Q, A, E>(
         &self,
         channel: Channel,
         request: &Q,
         option: &RPCOption,
+        batched: bool,
     ) -> Result<A, RPCError<u64, Member, E>>
     where
         Q: Serialize,
@@ -116,16 +120,21 @@ where
             group: self.group,
             body,
         };
-        let answer = self
-            .transport
-            .call_within(addr, &request, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                TransportError::Connect { .. }
-                | TransportError::Refused { .. }
-                | TransportError::Timeout { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                _ => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        let answer = if batched {
+            self.transport
+                .call_batched(addr, request, option.hard_ttl())
+                .await
+        } else {
+            self.transport
+                .call_within(addr, &request, option.hard_ttl())
+                .await
+        };
+        let answer = answer.map_err(|e| match e {
+            TransportError::Connect { .. }
+            | TransportError::Refused { .. }
+            | TransportError::Timeout { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            _ => RPCError::Network(NetworkError::new(&e)),
+        })?;
         let result: Result<A, E> = codec::decode(&answer)
             .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -141,7 +150,9 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.rpc(Channel::RaftAppend, &rpc, &option).await
+        // A heartbeat carries no entries.
+        let batched = rpc.entries.is_empty();
+        self.rpc(Channel::RaftAppend, &rpc, &option, batched).await
     }
 
     async fn install_snapshot(
@@ -152,7 +163,7 @@ where
         InstallSnapshotResponse<u64>,
         RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.rpc(Channel::RaftSnapshot, &rpc, &option).await
+        self.rpc(Channel::RaftSnapshot, &rpc, &option, false).await
     }
 
     async fn vote(
@@ -160,7 +171,7 @@ where
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.rpc(Channel::RaftVote, &rpc, &option).await
+        self.rpc(Channel::RaftVote, &rpc, &option, true).await
     }
 }
 

@@ -166,3 +166,60 @@ async fn a_restarted_peer_is_reconnected_and_a_dead_one_is_reported() {
     assert_eq!(last, Some(5));
     b2.shutdown().await;
 }
+
+#[tokio::test]
+async fn batched_calls_share_frames_and_each_gets_its_own_answer() {
+    let a = start(1, SECRET);
+    let b = Arc::new(start(2, SECRET));
+    let addr = a.local_addr();
+    let mut tasks = Vec::new();
+    for i in 0..300u32 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = i.to_le_bytes();
+            // Every tenth is refused by the service: only that one fails.
+            let channel = if i % 10 == 0 {
+                Channel::Membership
+            } else {
+                Channel::RaftAppend
+            };
+            let got = b
+                .call_batched(addr, req(channel, &body), Duration::from_secs(3))
+                .await;
+            (i, got)
+        }));
+    }
+    for t in tasks {
+        let (i, got) = t.await.expect("join");
+        if i % 10 == 0 {
+            assert!(
+                matches!(got, Err(TransportError::Remote { retry: true, .. })),
+                "{i}: {got:?}"
+            );
+        } else {
+            let got = got.expect("answer");
+            let mut want = i.to_le_bytes().to_vec();
+            want.reverse();
+            assert_eq!(&got[8..], &want[..], "request {i} got another's answer");
+        }
+    }
+    let (requests, frames) = b.batched();
+    assert_eq!(requests, 300);
+    assert!(frames < 300, "{frames} frames for 300 requests");
+    // A batch cannot hide a nested batch or a ping.
+    let nested = req(Channel::Batch, b"");
+    assert!(b
+        .call_batched(addr, nested, Duration::from_secs(3))
+        .await
+        .is_err());
+    // A peer that is not there: every waiting request fails, none hangs.
+    let gone: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let failed = b
+        .call_batched(
+            gone,
+            req(Channel::RaftVote, b"x"),
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(failed.is_err());
+}
