@@ -254,6 +254,9 @@ impl Writer {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
+            // Each batch goes to the next node, so the writers' requests stay spread over the
+            // cluster (a node that fails does not collect every writer).
+            node = next_node(node, &avoid);
             {
                 let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
                 r.in_flight.remove(&first);
