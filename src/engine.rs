@@ -28,11 +28,12 @@ use crate::ingest::Admission;
 use crate::membership::Membership;
 use crate::meta::group::{MetaGroup, MetaMachine};
 use crate::meta::MetaStore;
-use crate::replication::RaftGroups;
+pub use crate::replication::ShardSet;
+use crate::replication::{unwrap_call, Answer, Ask, RaftGroups};
 use crate::shard::group::{ShardMachine, ShardRaft};
 use crate::shard::{
     snapshot, Layout, Partial, Shard, ShardArgs, ShardMsg, ShardQuery, ShardRef, ShardState,
-    ShardStats, Watch,
+    ShardStats,
 };
 
 /// Timing of the shard groups: heartbeats every 150 ms; a leader's lease (openraft 0.9:
@@ -79,58 +80,13 @@ fn raft_config_with(
         .map_err(|e| Error::Internal(format!("raft config: {e}")))
 }
 
-/// The failure detector's task, stopped with the engine (or when opening it fails).
-struct Detector(tokio::task::JoinHandle<()>);
+/// A background task (the failure detector, the rebalancer), stopped with the engine (or
+/// when opening it fails).
+struct Task(tokio::task::JoinHandle<()>);
 
-impl Drop for Detector {
+impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// The shard actors, for live subscriptions: cheap to clone, and holding it does not keep
-/// the engine (its log) from shutting down.
-#[derive(Clone)]
-pub struct ShardSet {
-    shards: Vec<ShardRef>,
-    query_timeout: Duration,
-}
-
-impl ShardSet {
-    /// Registers a live watch on every shard and returns the merged answer to its query as
-    /// of registration; from then on each shard hands its deltas to `watch.sink`.
-    pub async fn watch(&self, watch: Watch) -> Result<Partial> {
-        let sketch = watch.query.sketch;
-        let w = Arc::new(watch);
-        let calls = self.shards.iter().map(|s| {
-            let w = w.clone();
-            s.call(|reply| ShardMsg::Watch(w, reply), Some(self.query_timeout))
-        });
-        let mut merged: Partial = HashMap::new();
-        let mut failed = None;
-        for answer in futures_util::future::join_all(calls).await {
-            match unwrap_call(answer) {
-                Ok(partial) => {
-                    for (group, run) in partial {
-                        let acc = merged.entry(group).or_default();
-                        crate::shard::state::merge_runs(acc, run, sketch);
-                    }
-                }
-                Err(e) => failed = Some(e),
-            }
-        }
-        if let Some(e) = failed {
-            self.unwatch(w.id);
-            return Err(e);
-        }
-        Ok(merged)
-    }
-
-    pub fn unwatch(&self, id: u64) {
-        for s in &self.shards {
-            // A stopped shard has no watches left to remove.
-            let _ = s.cast(ShardMsg::Unwatch(id));
-        }
     }
 }
 
@@ -140,7 +96,9 @@ pub struct Engine {
     router: Arc<Router>,
     snapshots: tokio::task::JoinHandle<()>,
     /// Calls elections when a leader stops answering (`RaftGroups::spawn_failure_detector`).
-    detector: Detector,
+    detector: Task,
+    /// Moves replicas where the shard map places them (`RaftGroups::spawn_rebalancer`).
+    rebalancer: Task,
     log: Arc<SharedLog>,
     admission: Admission,
     layout: Layout,
@@ -314,6 +272,7 @@ impl Engine {
         let meta = Arc::new(MetaGroup::new(meta_raft, node_id, node.transport.clone()));
         let groups = Arc::new(RaftGroups::new(
             rafts.clone(),
+            shards.clone(),
             meta,
             node_id,
             node.transport.clone(),
@@ -322,7 +281,7 @@ impl Engine {
         node.attach(groups.clone());
         // Before waiting for leaders: after a restart this node may hold the longest log of a
         // group, and only it can then win the election.
-        let detector = Detector(groups.spawn_failure_detector());
+        let detector = Task(groups.spawn_failure_detector());
         match config.join {
             Some(peer) if fresh => {
                 info!(%peer, "joining the cluster");
@@ -360,6 +319,7 @@ impl Engine {
         // the missing parts would never be written.)
         let keys: Arc<DashMap<String, KeyState>> = Arc::new(DashMap::new());
 
+        let rebalancer = Task(groups.spawn_rebalancer());
         let snapshots = tokio::spawn(snapshot_loop(rafts, config.storage.snapshot_interval));
         Ok(Self {
             shards,
@@ -367,6 +327,7 @@ impl Engine {
             router: node.router.clone(),
             snapshots,
             detector,
+            rebalancer,
             log,
             admission,
             layout,
@@ -572,62 +533,38 @@ impl Engine {
         Ok(n)
     }
 
-    /// Scatter `q` to every shard and merge the partial aggregates.
+    /// Scatter `q` to every shard (here or at nodes hosting it) and merge the partial
+    /// aggregates.
     pub async fn query(&self, q: ShardQuery) -> Result<Partial> {
-        let q = Arc::new(q);
-        let calls = self.shards.iter().map(|s| {
-            let q = q.clone();
-            s.call(|reply| ShardMsg::Query(q, reply), Some(self.query_timeout))
-        });
-        let mut merged: Partial = HashMap::new();
-        for answer in futures_util::future::join_all(calls).await {
-            for (group, run) in unwrap_call(answer)? {
-                let acc = merged.entry(group).or_default();
-                crate::shard::state::merge_runs(acc, run, q.sketch);
-            }
+        match self.groups.ask(Ask::Query(q)).await? {
+            Answer::Partial(p) => Ok(p),
+            other => Err(Error::Internal(format!("a query answered {other:?}"))),
         }
-        Ok(merged)
     }
 
-    /// A handle on the shard actors for live subscriptions.
+    /// A handle on the shards for live subscriptions.
     pub fn shard_set(&self) -> ShardSet {
-        ShardSet {
-            shards: self.shards.clone(),
-            query_timeout: self.query_timeout,
-        }
+        ShardSet::new(&self.groups)
     }
 
     /// Metric names with their series counts.
     pub async fn metrics(&self) -> Result<HashMap<String, u64>> {
-        let calls = self
-            .shards
-            .iter()
-            .map(|s| s.call(ShardMsg::Metrics, Some(self.query_timeout)));
-        let mut out = HashMap::new();
-        for answer in futures_util::future::join_all(calls).await {
-            for (m, n) in unwrap_call(answer)? {
-                *out.entry(m).or_insert(0) += n;
-            }
+        match self.groups.ask(Ask::Metrics).await? {
+            Answer::Metrics(m) => Ok(m),
+            other => Err(Error::Internal(format!(
+                "a metrics read answered {other:?}"
+            ))),
         }
-        Ok(out)
     }
 
     /// For `metric`: dimension key → value → series count.
     pub async fn dimensions(&self, metric: &str) -> Result<HashMap<String, HashMap<String, u64>>> {
-        let calls = self.shards.iter().map(|s| {
-            let m = metric.to_owned();
-            s.call(|r| ShardMsg::Dimensions(m, r), Some(self.query_timeout))
-        });
-        let mut out: HashMap<String, HashMap<String, u64>> = HashMap::new();
-        for answer in futures_util::future::join_all(calls).await {
-            for (k, values) in unwrap_call(answer)? {
-                let into = out.entry(k).or_default();
-                for (v, n) in values {
-                    *into.entry(v).or_insert(0) += n;
-                }
-            }
+        match self.groups.ask(Ask::Dimensions(metric.to_owned())).await? {
+            Answer::Dimensions(d) => Ok(d),
+            other => Err(Error::Internal(format!(
+                "a dimensions read answered {other:?}"
+            ))),
         }
-        Ok(out)
     }
 
     pub async fn stats(&self) -> Result<ShardStats> {
@@ -671,6 +608,7 @@ impl Engine {
     pub async fn shutdown(self) {
         self.snapshots.abort();
         self.detector.0.abort();
+        self.rebalancer.0.abort();
         for (shard, raft) in self.groups.rafts().iter().enumerate() {
             self.router.remove(shard as u32);
             if let Err(e) = raft.shutdown().await {
@@ -790,19 +728,6 @@ fn check_layout(snap_dir: &std::path::Path, shards: u32, layout: &Layout) -> Res
             Ok(shards)
         }
         Err(e) => Err(Error::Storage(format!("{}: {e}", path.display()))),
-    }
-}
-
-fn unwrap_call<T>(
-    r: std::result::Result<ractor::rpc::CallResult<T>, ractor::MessagingErr<ShardMsg>>,
-) -> Result<T> {
-    match r {
-        Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(Error::Unavailable("a shard timed out".into())),
-        Ok(ractor::rpc::CallResult::SenderError) => {
-            Err(Error::Unavailable("a shard dropped the request".into()))
-        }
-        Err(e) => Err(Error::Unavailable(format!("a shard is not running: {e}"))),
     }
 }
 

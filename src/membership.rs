@@ -129,6 +129,7 @@ impl Service for NodeService {
             Channel::Ingest => {
                 Box::pin(async move { groups.serve_ingest(request.group, &request.body).await })
             }
+            Channel::Query => Box::pin(async move { groups.serve_fragment(&request.body).await }),
             Channel::Groups => {
                 let status = groups.status();
                 Box::pin(async move {
@@ -176,6 +177,37 @@ impl Service for NodeService {
                 false,
             ),
         }
+    }
+
+    fn serve_stream(
+        &self,
+        _from: u64,
+        request: Request,
+        out: tokio::sync::mpsc::Sender<Response>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let groups = self.groups.get().cloned();
+        Box::pin(async move {
+            let Some(groups) = groups else {
+                let _ = out
+                    .send(Response::Err {
+                        message: "this node is starting; retry".into(),
+                        retry: true,
+                    })
+                    .await;
+                return;
+            };
+            match request.channel {
+                Channel::Watch => groups.serve_watch(&request.body, out).await,
+                other => {
+                    let _ = out
+                        .send(Response::Err {
+                            message: format!("this node does not stream {other:?}"),
+                            retry: false,
+                        })
+                        .await;
+                }
+            }
+        })
     }
 }
 

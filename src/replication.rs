@@ -6,13 +6,15 @@
 //! A joining node asks any member, which adds it to the groups it leads and passes the others
 //! on to their leaders.
 
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cluster::raft::{GroupRpc, Member};
 use cluster::transport::{Transport, TransportError};
+use futures_util::StreamExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use protocol::cluster::{
@@ -25,6 +27,18 @@ use crate::error::{Error, Result};
 use crate::membership::{ClusterView, NodeView, ShardView};
 use crate::meta::group::MetaGroup;
 use crate::shard::group::ShardRaft;
+use crate::shard::ShardRef;
+
+mod fragments;
+mod watches;
+pub(crate) use fragments::unwrap_call;
+pub use fragments::{Answer, Ask};
+pub use watches::{LostSink, ShardSet};
+
+/// Shard groups a node reconciles at once (each adds learners and changes membership).
+const RECONCILE_AT_ONCE: usize = 8;
+/// How long moving one shard's replicas may take (a new replica copies the shard).
+const RECONCILE_WITHIN: Duration = Duration::from_secs(60);
 
 /// How long a write waits for its shard to have a reachable leader (an election after a
 /// leader dies takes 0.5–1 s) before it fails with 503.
@@ -32,6 +46,9 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 pub struct RaftGroups {
     rafts: Vec<Raft<ShardRaft>>,
+    /// The shard actors (what query fragments and watches from other nodes read).
+    shards: Vec<ShardRef>,
+    query_timeout: Duration,
     meta: Arc<MetaGroup>,
     /// Every group, shards and metadata, by group number: what elections, joins and the
     /// cluster view go over.
@@ -39,6 +56,32 @@ pub struct RaftGroups {
     node_id: u64,
     transport: Arc<Transport>,
     replication_factor: usize,
+    /// Where each shard's replicas belong, for the metadata group's membership as last seen.
+    placement: RwLock<Arc<Placement>>,
+    /// Who leads and who replicates each group, as the failure detector's latest probes
+    /// answered: how this node finds the shards it does not host.
+    directory: RwLock<Arc<HashMap<u32, Seen>>>,
+    /// Every node's addresses as last seen (a leaving node's stay reachable while it hands
+    /// over the groups it leads).
+    known: RwLock<HashMap<u64, Member>>,
+}
+
+/// The shard map: every node of the cluster (the metadata group's members) and the nodes
+/// each shard belongs on (`protocol::point::placement`). Derived, never stored: every node
+/// computes the same map from the same membership.
+pub struct Placement {
+    /// The metadata membership this was computed from.
+    key: Option<openraft::LogId<u64>>,
+    pub nodes: BTreeMap<u64, Member>,
+    /// Per shard, the nodes its replicas belong on.
+    pub targets: Vec<Vec<u64>>,
+}
+
+/// A group as the probes saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    pub leader: Option<u64>,
+    pub replicas: BTreeSet<u64>,
 }
 
 type WriteError = RaftError<u64, ClientWriteError<u64, Member>>;
@@ -46,6 +89,7 @@ type WriteError = RaftError<u64, ClientWriteError<u64, Member>>;
 impl RaftGroups {
     pub fn new(
         rafts: Vec<Raft<ShardRaft>>,
+        shards: Vec<ShardRef>,
         meta: Arc<MetaGroup>,
         node_id: u64,
         transport: Arc<Transport>,
@@ -59,12 +103,136 @@ impl RaftGroups {
         groups.push((META_GROUP, Arc::new(meta.raft().clone())));
         Self {
             rafts,
+            shards,
+            query_timeout: Duration::from_secs(30),
             meta,
             groups,
             node_id,
             transport,
             replication_factor,
+            placement: RwLock::new(Arc::new(Placement {
+                key: None,
+                nodes: BTreeMap::new(),
+                targets: Vec::new(),
+            })),
+            directory: RwLock::new(Arc::new(HashMap::new())),
+            known: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The shard map for the metadata membership this node knows now.
+    pub fn placement(&self) -> Arc<Placement> {
+        let (key, nodes) = {
+            let m = self.meta.raft().metrics();
+            let m = m.borrow();
+            let key = *m.membership_config.log_id();
+            let cached = self.placement.read().unwrap_or_else(|p| p.into_inner());
+            if cached.key == key && !cached.targets.is_empty() {
+                return cached.clone();
+            }
+            let nodes: BTreeMap<u64, Member> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect();
+            (key, nodes)
+        };
+        let ids: Vec<u64> = nodes.keys().copied().collect();
+        let targets = (0..self.rafts.len() as u32)
+            .map(|shard| protocol::point::placement(shard, &ids, self.replication_factor))
+            .collect();
+        let fresh = Arc::new(Placement {
+            key,
+            nodes,
+            targets,
+        });
+        *self.placement.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        fresh
+    }
+
+    /// Whether this node counts itself a member of `group` (its replica's own view; a node
+    /// removed from a group may not have heard).
+    fn member_of(&self, group: u32) -> bool {
+        self.group(group).is_ok_and(|g| {
+            g.metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&self.node_id)
+                .is_some()
+        })
+    }
+
+    /// Whether this node takes part in `group`: a member (voter, or learner catching up) that
+    /// leads it or, for shards, is one of the nodes the shard map places it on. A node the
+    /// map no longer places a shard on keeps its copy until the group's leader removes it,
+    /// but neither reads it nor calls elections in it.
+    fn serves(&self, group: u32) -> bool {
+        if !self.member_of(group) {
+            return false;
+        }
+        group == META_GROUP
+            || self
+                .placement()
+                .targets
+                .get(group as usize)
+                .is_some_and(|t| t.contains(&self.node_id))
+            || self
+                .group(group)
+                .is_ok_and(|g| g.metrics().borrow().current_leader == Some(self.node_id))
+    }
+
+    /// Whether reads of `shard` can use this node's replica: it serves the shard and votes in
+    /// its group (a learner may still be catching up).
+    pub fn hosts(&self, shard: u32) -> bool {
+        self.serves(shard)
+            && self.raft(shard).is_ok_and(|r| {
+                r.metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == self.node_id)
+            })
+    }
+
+    /// The group's leader and its address: from this node's replica if it serves the group,
+    /// else from the directory.
+    pub fn leader(&self, group: u32) -> Option<(u64, Option<Member>)> {
+        if self.member_of(group) {
+            return self.group(group).ok().and_then(leader_of);
+        }
+        let leader = self.seen(group)?.leader?;
+        Some((leader, self.address(leader)))
+    }
+
+    /// Node `id`'s addresses: from the cluster's membership, or (a node that left, still
+    /// handing over its shards) as last seen.
+    pub fn address(&self, id: u64) -> Option<Member> {
+        self.placement().nodes.get(&id).cloned().or_else(|| {
+            self.known
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .cloned()
+        })
+    }
+
+    fn seen_all(&self) -> Arc<HashMap<u32, Seen>> {
+        self.directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The group as the latest probes saw it.
+    pub fn seen(&self, group: u32) -> Option<Seen> {
+        self.directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
     }
 
     /// Every group this node hosts: `(group, last log index, whether this node leads it)`
@@ -72,6 +240,7 @@ impl RaftGroups {
     pub fn status(&self) -> Vec<(u32, u64, bool)> {
         self.groups
             .iter()
+            .filter(|(id, _)| self.serves(*id))
             .map(|(id, g)| {
                 let last = g.metrics().borrow().last_log_index.unwrap_or(0);
                 let leads = leader_of(g.as_ref()).is_some_and(|(l, _)| l == self.node_id);
@@ -115,7 +284,7 @@ impl RaftGroups {
         let started = Instant::now();
         let mut encoded: Option<Vec<u8>> = None;
         loop {
-            let leader = match leader_of(raft) {
+            let leader = match self.leader(shard) {
                 Some((l, _)) if l == self.node_id => {
                     if let Some(silent) = cut_off(raft) {
                         // Nothing proposed yet: the client can go to another node at once
@@ -164,17 +333,7 @@ impl RaftGroups {
                     };
                     // A dead leader does not answer until its connection times out; the
                     // election that replaces it is the sooner sign. Waiting for either:
-                    let mut metrics = raft.metrics();
-                    let deposed = async move {
-                        loop {
-                            if metrics.changed().await.is_err() {
-                                return;
-                            }
-                            if metrics.borrow().current_leader != Some(l) {
-                                return;
-                            }
-                        }
-                    };
+                    let deposed = self.deposed(shard, l);
                     let answer = tokio::select! {
                         answer = self.transport.call(addr, &request) => answer,
                         () = deposed => {
@@ -206,6 +365,27 @@ impl RaftGroups {
                 _ => {}
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resolves once `leader` no longer leads `group` as this node sees it (its replica's
+    /// metrics, or for a group it does not serve the probes' directory).
+    async fn deposed(&self, group: u32, leader: u64) {
+        if !self.member_of(group) {
+            while self.seen(group).and_then(|s| s.leader) == Some(leader) {
+                tokio::time::sleep(PING_EVERY).await;
+            }
+            return;
+        }
+        let Ok(g) = self.group(group) else { return };
+        let mut metrics = g.metrics();
+        loop {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+            if metrics.borrow().current_leader != Some(leader) {
+                return;
+            }
         }
     }
 
@@ -241,117 +421,188 @@ impl RaftGroups {
         }
     }
 
-    /// Carries out a membership change in the groups this node leads — a joining node
-    /// becomes a replica (a voter while a group has fewer than the replication factor, else a
-    /// learner); a leaving one stops being one — and passes the rest on to their leaders.
+    /// Carries out a membership change. A fresh request (no `groups`) changes the metadata
+    /// group first — a joining node becomes a member of it (a voter while it has fewer than
+    /// the replication factor), a leaving one stops being one — and then every shard group,
+    /// whose replicas move to where the new shard map places them
+    /// ([`RaftGroups::reconcile_shard`]). Each group is changed by its leader: this node
+    /// carries out the groups it leads and passes the others on.
     pub async fn change_membership(&self, req: MembershipRequest) -> Result<MembershipAnswer> {
+        if req.groups.is_none() {
+            let mut done = self
+                .change_groups(MembershipRequest {
+                    groups: Some(vec![META_GROUP]),
+                    ..req.clone()
+                })
+                .await?
+                .groups;
+            let shards = (0..self.rafts.len() as u32).collect();
+            done.extend(
+                self.change_groups(MembershipRequest {
+                    groups: Some(shards),
+                    ..req.clone()
+                })
+                .await?
+                .groups,
+            );
+            info!(node = req.node_id, change = ?req.change, groups = done.len(), "membership changed");
+            return Ok(MembershipAnswer { groups: done });
+        }
+        self.change_groups(req).await
+    }
+
+    async fn change_groups(&self, req: MembershipRequest) -> Result<MembershipAnswer> {
         let hops = req.hops;
-        let wanted: Vec<u32> = req
-            .groups
-            .clone()
-            .unwrap_or_else(|| self.groups.iter().map(|(id, _)| *id).collect());
-        let mut done = Vec::new();
+        let wanted = req.groups.clone().unwrap_or_default();
+        let mut here = Vec::new();
         let mut elsewhere: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for id in wanted {
-            let group = self.group(id)?;
-            let (leads, voters) = {
-                let m = group.metrics();
-                let m = m.borrow();
-                (
-                    m.current_leader == Some(self.node_id),
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .collect::<BTreeSet<u64>>(),
-                )
-            };
-            if !leads {
-                match leader_of(group).and_then(|(_, node)| node) {
-                    Some(leader) if hops < 2 => elsewhere.entry(leader.quic).or_default().push(id),
-                    _ => {
-                        return Err(Error::Unavailable(format!(
-                            "group {id} has no reachable leader; retry"
-                        )))
-                    }
+            self.group(id)?;
+            match self.leader(id) {
+                Some((l, _)) if l == self.node_id => here.push(id),
+                Some((_, Some(leader))) if hops < 2 => {
+                    elsewhere.entry(leader.quic).or_default().push(id)
                 }
-                continue;
+                _ => {
+                    return Err(Error::Unavailable(format!(
+                        "group {id} has no reachable leader; retry"
+                    )))
+                }
             }
-            let changed = match &req.change {
-                MemberChange::Join { quic, http } => {
-                    let member = Member {
-                        quic: quic.clone(),
-                        http: http.clone(),
-                    };
-                    let voter =
-                        voters.contains(&req.node_id) || voters.len() < self.replication_factor;
-                    group.add_member(req.node_id, member, voter).await
-                }
-                MemberChange::Leave => group.remove_member(req.node_id).await,
-            };
-            changed.map_err(|e| Error::Unavailable(format!("group {id}: {e}")))?;
-            done.push(id);
         }
-        for (leader, groups) in elsewhere {
-            let addr: SocketAddr = leader
-                .parse()
-                .map_err(|e| Error::Internal(format!("leader address {leader}: {e}")))?;
-            let body = protocol::codec::encode(&MembershipRequest {
-                groups: Some(groups),
-                hops: hops + 1,
-                ..req.clone()
-            })
-            .map_err(|e| Error::Internal(e.to_string()))?;
-            let answer = self
-                .transport
-                .call_within(
-                    addr,
-                    &Request {
-                        channel: Channel::Membership,
-                        group: 0,
-                        body,
-                    },
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|e| Error::Unavailable(format!("passing the change on: {e}")))?;
-            let answer: MembershipAnswer = protocol::codec::decode(&answer)
-                .map_err(|e| Error::Internal(format!("membership answer: {e}")))?;
-            done.extend(answer.groups);
+        let local = futures_util::stream::iter(here.into_iter().map(|id| {
+            let req = &req;
+            async move {
+                let changed = if id == META_GROUP {
+                    let group = self.group(id)?;
+                    match &req.change {
+                        MemberChange::Join { quic, http } => {
+                            let voters = group
+                                .metrics()
+                                .borrow()
+                                .membership_config
+                                .membership()
+                                .voter_ids()
+                                .collect::<BTreeSet<u64>>();
+                            let member = Member {
+                                quic: quic.clone(),
+                                http: http.clone(),
+                            };
+                            let voter = voters.contains(&req.node_id)
+                                || voters.len() < self.replication_factor;
+                            group.add_member(req.node_id, member, voter).await
+                        }
+                        MemberChange::Leave => group.remove_member(req.node_id).await,
+                    }
+                } else {
+                    self.reconcile_shard(id, Some((req.node_id, &req.change)))
+                        .await
+                        .map(|_| ())
+                };
+                changed
+                    .map(|()| id)
+                    .map_err(|e| Error::Unavailable(format!("group {id}: {e}")))
+            }
+        }))
+        .buffer_unordered(RECONCILE_AT_ONCE)
+        .collect::<Vec<Result<u32>>>();
+        let remote = elsewhere.into_iter().map(|(leader, groups)| {
+            let req = &req;
+            async move {
+                let addr: SocketAddr = leader
+                    .parse()
+                    .map_err(|e| Error::Internal(format!("leader address {leader}: {e}")))?;
+                let body = protocol::codec::encode(&MembershipRequest {
+                    groups: Some(groups),
+                    hops: hops + 1,
+                    ..req.clone()
+                })
+                .map_err(|e| Error::Internal(e.to_string()))?;
+                let answer = self
+                    .transport
+                    .call_within(
+                        addr,
+                        &Request {
+                            channel: Channel::Membership,
+                            group: 0,
+                            body,
+                        },
+                        RECONCILE_WITHIN * 4,
+                    )
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("passing the change on: {e}")))?;
+                protocol::codec::decode::<MembershipAnswer>(&answer)
+                    .map_err(|e| Error::Internal(format!("membership answer: {e}")))
+            }
+        });
+        let (local, remote) =
+            futures_util::future::join(local, futures_util::future::join_all(remote)).await;
+        let mut done = Vec::new();
+        for r in local {
+            done.push(r?);
+        }
+        for r in remote {
+            done.extend(r?.groups);
         }
         done.sort_unstable();
-        info!(node = req.node_id, change = ?req.change, groups = done.len(), "membership changed");
         Ok(MembershipAnswer { groups: done })
     }
 
+    /// At the leader of `shard`: moves its replicas to the nodes the shard map places it
+    /// on, for the cluster's nodes as this node knows them, adjusted by `change` (a joining
+    /// node counts although this node may not have seen it join the metadata group yet; a
+    /// leaving one no longer counts). Returns whether anything changed.
+    pub async fn reconcile_shard(
+        &self,
+        shard: u32,
+        change: Option<(u64, &MemberChange)>,
+    ) -> std::result::Result<bool, String> {
+        let group = self.group(shard).map_err(|e| e.to_string())?;
+        let mut nodes = self.placement().nodes.clone();
+        match change {
+            Some((id, MemberChange::Join { quic, http })) => {
+                nodes.insert(
+                    id,
+                    Member {
+                        quic: quic.clone(),
+                        http: http.clone(),
+                    },
+                );
+            }
+            Some((id, MemberChange::Leave)) => {
+                nodes.remove(&id);
+            }
+            None => {}
+        }
+        let ids: Vec<u64> = nodes.keys().copied().collect();
+        let target: Vec<(u64, Member)> =
+            protocol::point::placement(shard, &ids, self.replication_factor)
+                .into_iter()
+                .filter_map(|id| nodes.get(&id).map(|m| (id, m.clone())))
+                .collect();
+        match tokio::time::timeout(RECONCILE_WITHIN, group.reconcile(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "moving the replicas took over {} s (a new replica not catching up?)",
+                RECONCILE_WITHIN.as_secs()
+            )),
+        }
+    }
+
     /// Removes node `id` from every group (admin: `DELETE /api/v1/cluster/nodes/{id}`).
-    /// Refused for an unknown node, and for the last voter of a group.
+    /// The metadata group drops it first, then each shard's leader moves the shard's
+    /// replicas off it. Refused for an unknown node, and for the cluster's only node.
     pub async fn remove_node(&self, id: u64) -> Result<MembershipAnswer> {
-        let known = self.groups.iter().any(|(_, g)| {
-            g.metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .is_some()
-        });
-        if !known {
+        let nodes = self.placement().nodes.clone();
+        if !nodes.contains_key(&id) {
             return Err(Error::NotFound {
                 what: format!("node {id}"),
             });
         }
-        for (group, g) in &self.groups {
-            let alone = g
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .eq([id]);
-            if alone {
-                return Err(Error::Meta(crate::meta::MetaError::Conflict(format!(
-                    "node {id} is the only voter of group {group}; add another node first"
-                ))));
-            }
+        if nodes.len() == 1 {
+            return Err(Error::Meta(crate::meta::MetaError::Conflict(format!(
+                "node {id} is the cluster's only node; add another node first"
+            ))));
         }
         self.change_membership(MembershipRequest {
             node_id: id,
@@ -408,6 +659,10 @@ impl RaftGroups {
         let me = self.node_id;
         let deadline = tokio::time::Instant::now() + within;
         for (id, group) in &self.groups {
+            // Groups the shard map places elsewhere are read through their leaders.
+            if *id != META_GROUP && !self.serves(*id) {
+                continue;
+            }
             let mut metrics = group.metrics();
             let ready = |m: &openraft::RaftMetrics<u64, Member>| {
                 m.current_leader.is_some()
@@ -439,16 +694,36 @@ impl RaftGroups {
         let mut nodes: BTreeMap<u64, (Member, bool)> = BTreeMap::new();
         let mut shards = Vec::with_capacity(self.rafts.len());
         let mut meta_leader = 0;
+        for (id, member) in &self.placement().nodes {
+            nodes.insert(*id, (member.clone(), false));
+        }
         for (group, g) in &self.groups {
             let m = g.metrics().borrow().clone();
             let membership = m.membership_config.membership();
-            let voters: BTreeSet<u64> = membership.voter_ids().collect();
-            for (id, node) in membership.nodes() {
-                let e = nodes.entry(*id).or_insert((node.clone(), false));
-                e.1 |= voters.contains(id);
+            if self.serves(*group) {
+                for id in membership.voter_ids() {
+                    if let Some(e) = nodes.get_mut(&id) {
+                        e.1 = true;
+                    }
+                }
+            } else {
+                for id in self.seen(*group).unwrap_or_default().replicas {
+                    if let Some(e) = nodes.get_mut(&id) {
+                        e.1 = true;
+                    }
+                }
             }
             if *group == META_GROUP {
                 meta_leader = m.current_leader.unwrap_or(0);
+                continue;
+            }
+            if !self.serves(*group) {
+                let seen = self.seen(*group).unwrap_or_default();
+                shards.push(ShardView {
+                    shard: *group,
+                    leader: seen.leader.unwrap_or(0),
+                    replicas: seen.replicas.into_iter().collect(),
+                });
                 continue;
             }
             shards.push(ShardView {
@@ -488,6 +763,85 @@ impl RaftGroups {
             meta_leader,
             shards,
         }
+    }
+}
+
+/// How often a node looks for groups it leads whose replicas are not where the shard map
+/// places them.
+const REBALANCE_EVERY: Duration = Duration::from_secs(1);
+/// How long the metadata membership must have stood still before the background rebalancer
+/// moves replicas. A join or a removal reconciles every group at once; the background pass
+/// catches what they missed (a group whose leader was down then, an interrupted change).
+const SETTLED_FOR: Duration = Duration::from_secs(3);
+
+impl RaftGroups {
+    /// Moves replicas of the groups this node leads to where the shard map places them,
+    /// whenever they differ (see [`SETTLED_FOR`]).
+    pub fn spawn_rebalancer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut key = None;
+            let mut since = Instant::now();
+            let mut tick = tokio::time::interval(REBALANCE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let p = me.placement();
+                if p.key != key {
+                    key = p.key;
+                    since = Instant::now();
+                    continue;
+                }
+                if since.elapsed() < SETTLED_FOR || p.nodes.is_empty() {
+                    continue;
+                }
+                let due: Vec<u32> = (0..me.rafts.len() as u32)
+                    .filter(|&s| me.misplaced(s, &p))
+                    .collect();
+                if due.is_empty() {
+                    continue;
+                }
+                info!(
+                    groups = due.len(),
+                    "moving replicas to where the shard map places them"
+                );
+                let results = futures_util::stream::iter(due.into_iter().map(|shard| {
+                    let me = &me;
+                    async move { (shard, me.reconcile_shard(shard, None).await) }
+                }))
+                .buffer_unordered(RECONCILE_AT_ONCE)
+                .collect::<Vec<_>>()
+                .await;
+                for (shard, result) in results {
+                    if let Err(e) = result {
+                        warn!(shard, cause = %e, "moving the shard's replicas failed; will retry");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Whether this node leads `shard` and its members differ from the shard map's.
+    fn misplaced(&self, shard: u32, p: &Placement) -> bool {
+        let Some(target) = p.targets.get(shard as usize).filter(|t| !t.is_empty()) else {
+            return false;
+        };
+        let Ok(raft) = self.raft(shard) else {
+            return false;
+        };
+        let m = raft.metrics();
+        let m = m.borrow();
+        if m.current_leader != Some(self.node_id) {
+            return false;
+        }
+        let membership = m.membership_config.membership();
+        let target: BTreeSet<u64> = target.iter().copied().collect();
+        membership.voter_ids().collect::<BTreeSet<u64>>() != target
+            || membership
+                .nodes()
+                .map(|(n, _)| *n)
+                .collect::<BTreeSet<u64>>()
+                != target
     }
 }
 
@@ -616,15 +970,48 @@ impl RaftGroups {
                 let mut leaders: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
                 let mut peers: BTreeMap<u64, SocketAddr> = BTreeMap::new();
                 let mut suspects: Vec<(u32, Option<u64>)> = Vec::new();
+                // Every node of the cluster: the directory covers groups this node does not
+                // serve too.
+                for (id, node) in &me.placement().nodes {
+                    me.known
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*id, node.clone());
+                    if *id != me.node_id {
+                        if let Ok(addr) = node.quic.parse::<SocketAddr>() {
+                            peers.insert(*id, addr);
+                        }
+                    }
+                }
+                // And nodes that still lead or replicate groups after leaving the cluster.
+                for seen in me.seen_all().values() {
+                    for id in seen.leader.iter().chain(&seen.replicas) {
+                        if *id != me.node_id && !peers.contains_key(id) {
+                            if let Some(addr) = me
+                                .address(*id)
+                                .and_then(|m| m.quic.parse::<SocketAddr>().ok())
+                            {
+                                peers.insert(*id, addr);
+                            }
+                        }
+                    }
+                }
                 for (shard, raft) in &me.groups {
                     let (shard, raft) = (*shard, raft.as_ref());
+                    // A copy the shard map no longer places here is not this node's to
+                    // elect (its group's leader is about to remove it).
+                    if !me.serves(shard) {
+                        continue;
+                    }
                     // (Never borrow the metrics twice at once: a waiting writer between the
                     // two read locks deadlocks the runtime.)
                     let (voter, voters) = {
                         let m = raft.metrics();
                         let m = m.borrow();
                         let membership = m.membership_config.membership();
+                        let mut known = me.known.write().unwrap_or_else(|p| p.into_inner());
                         for (id, node) in membership.nodes() {
+                            known.insert(*id, node.clone());
                             if *id != me.node_id {
                                 if let Ok(addr) = node.quic.parse::<SocketAddr>() {
                                     peers.insert(*id, addr);
@@ -677,12 +1064,25 @@ impl RaftGroups {
                         (id, status)
                     }
                 });
+                let mut directory: HashMap<u32, Seen> = HashMap::new();
+                for (shard, _, leads) in me.status() {
+                    let seen = directory.entry(shard).or_default();
+                    seen.replicas.insert(me.node_id);
+                    if leads {
+                        seen.leader = Some(me.node_id);
+                    }
+                }
                 for (id, status) in futures_util::future::join_all(probes).await {
                     let last = heard.entry(id).or_insert(now);
                     let Some(status) = status else { continue };
                     *last = Instant::now();
                     let mut led = BTreeSet::new();
                     for (shard, last_log, leads) in status {
+                        let seen = directory.entry(shard).or_default();
+                        seen.replicas.insert(id);
+                        if leads {
+                            seen.leader = Some(id);
+                        }
                         logs.insert((id, shard), last_log);
                         if leads {
                             led.insert(shard);
@@ -697,6 +1097,7 @@ impl RaftGroups {
                         *shards = kept;
                     }
                 }
+                *me.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
                 for (id, shards) in &leaders {
                     if heard.get(id).is_some_and(|t| t.elapsed() >= SUSPECT_AFTER) {
                         suspects.extend(shards.iter().map(|&s| (s, Some(*id))));
@@ -714,8 +1115,10 @@ impl RaftGroups {
                     tokio::spawn(async move {
                         let Ok(raft) = me.group(shard) else { return };
                         tokio::time::sleep(delay).await;
-                        // Still the same leader (or still none)?
-                        if leader_of(raft).map(|(l, _)| l) != leader {
+                        // Still the same leader (or still none: a leader that removed itself
+                        // from the group counts as none)?
+                        let current = leader_of(raft).and_then(|(l, node)| node.map(|_| l));
+                        if current != leader {
                             return;
                         }
                         match leader {

@@ -7,7 +7,8 @@
 //! One request = one bidirectional stream ([`Request`] out, [`Response`] back). A peer allows
 //! [`MAX_STREAMS`] open streams per connection, so a slow peer pushes back on its callers
 //! instead of queueing without bound; every call has a timeout; a failed connection is dropped
-//! and the next call reconnects.
+//! and the next call reconnects. A streaming request (a live watch) keeps its stream open and
+//! receives length-prefixed responses until either end closes it.
 
 mod tls;
 
@@ -87,6 +88,96 @@ pub type Reply = Pin<Box<dyn Future<Output = Response> + Send>>;
 pub trait Service: Send + Sync + 'static {
     /// `from` is the caller's node id, proven by the handshake.
     fn serve(&self, from: u64, request: Request) -> Reply;
+
+    /// A streaming request ([`Channel::is_stream`]): the service sends responses into `out`
+    /// — the first says whether the request is taken — until it is done, or until `out` is
+    /// closed because the caller went away. The default refuses.
+    fn serve_stream(
+        &self,
+        _from: u64,
+        request: Request,
+        out: tokio::sync::mpsc::Sender<Response>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let _ = out
+                .send(Response::Err {
+                    message: format!("this node does not stream {:?}", request.channel),
+                    retry: false,
+                })
+                .await;
+        })
+    }
+}
+
+/// Responses of a streaming request after the first, as they arrive
+/// ([`Transport::open_stream`]). Dropping it tells the callee to stop.
+pub struct Incoming {
+    addr: SocketAddr,
+    recv: quinn::RecvStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Incoming {
+    /// The next response's body; `None` once the callee ended the stream. A refusal or a
+    /// broken stream is an error (the caller starts over, perhaps elsewhere).
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        let addr = self.addr;
+        match read_frame(&mut self.recv).await {
+            Ok(None) => Ok(None),
+            Ok(Some(bytes)) => answer(addr, &bytes).map(Some),
+            Err(reason) => Err(TransportError::Stream { addr, reason }),
+        }
+    }
+}
+
+/// A response's body, or the error it carries.
+fn answer(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, TransportError> {
+    match codec::decode::<Response>(bytes) {
+        Ok(Response::Ok(body)) => Ok(body),
+        Ok(Response::Err { message, retry }) => Err(TransportError::Remote {
+            addr,
+            message,
+            retry,
+        }),
+        Err(e) => Err(TransportError::Stream {
+            addr,
+            reason: format!("bad answer: {e}"),
+        }),
+    }
+}
+
+/// Streams a node may have open to its peers at once: each holds a QUIC stream of the
+/// peer's [`MAX_STREAMS`] for as long as it lasts, and requests need the rest.
+pub const MAX_OPEN_STREAMS: usize = 128;
+
+/// Reads one length-prefixed frame (`u32` little-endian length, then that many bytes);
+/// `None` at a clean end of the stream between frames.
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(format!(
+            "a streamed frame of {len} bytes is over {MAX_FRAME}"
+        ));
+    }
+    let mut bytes = vec![0u8; len];
+    recv.read_exact(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(bytes))
+}
+
+async fn write_frame(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), String> {
+    let len = u32::try_from(bytes.len()).map_err(|_| "frame too large".to_string())?;
+    send.write_all(&len.to_le_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    send.write_all(bytes).await.map_err(|e| e.to_string())
 }
 
 pub struct Transport {
@@ -98,6 +189,8 @@ pub struct Transport {
     batches: Mutex<HashMap<SocketAddr, Batch>>,
     /// Batched requests sent, and the frames that carried them.
     batched: [std::sync::atomic::AtomicU64; 2],
+    /// Permits for open streaming requests ([`MAX_OPEN_STREAMS`]).
+    open_streams: Arc<tokio::sync::Semaphore>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -146,6 +239,7 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             batches: Mutex::new(HashMap::new()),
             batched: Default::default(),
+            open_streams: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_STREAMS)),
             accept,
         })
     }
@@ -289,6 +383,55 @@ impl Transport {
         }
     }
 
+    /// Opens a streaming request ([`Channel::is_stream`]) to `addr`: returns the first
+    /// response's body (within `timeout`) and the responses that follow.
+    pub async fn open_stream(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Incoming), TransportError> {
+        let permit =
+            self.open_streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| TransportError::Stream {
+                    addr,
+                    reason: format!(
+                        "this node already has {MAX_OPEN_STREAMS} streams open to its peers"
+                    ),
+                })?;
+        let open = async {
+            let bytes = codec::encode(request).map_err(|e| TransportError::Stream {
+                addr,
+                reason: e.to_string(),
+            })?;
+            let conn = self.connection(addr).await?;
+            let stream = |reason: String| TransportError::Stream { addr, reason };
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| {
+                self.forget(addr, &conn);
+                stream(e.to_string())
+            })?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| stream(e.to_string()))?;
+            send.finish().map_err(|e| stream(e.to_string()))?;
+            let mut incoming = Incoming {
+                addr,
+                recv,
+                _permit: permit,
+            };
+            match incoming.next().await? {
+                Some(first) => Ok((first, incoming)),
+                None => Err(stream("the stream ended before its first answer".into())),
+            }
+        };
+        match tokio::time::timeout(timeout, open).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout { addr, timeout }),
+        }
+    }
+
     /// `(requests, frames)`: how many batched requests were sent, in how many frames.
     pub fn batched(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -332,18 +475,7 @@ impl Transport {
                 return Err(TransportError::Stream { addr, reason });
             }
         };
-        match codec::decode::<Response>(&bytes) {
-            Ok(Response::Ok(body)) => Ok(body),
-            Ok(Response::Err { message, retry }) => Err(TransportError::Remote {
-                addr,
-                message,
-                retry,
-            }),
-            Err(e) => Err(TransportError::Stream {
-                addr,
-                reason: format!("bad answer: {e}"),
-            }),
-        }
+        answer(addr, &bytes)
     }
 
     fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Option<quinn::Connection>>> {
@@ -626,6 +758,10 @@ async fn serve_connection(
                     Ok(r) if r.channel == Channel::Batch => {
                         serve_batch(&service, peer, &r.body).await
                     }
+                    Ok(r) if r.channel.is_stream() => {
+                        serve_stream(&service, peer, r, send).await;
+                        return;
+                    }
                     Ok(r) => service.serve(peer, r).await,
                 },
             };
@@ -635,6 +771,37 @@ async fn serve_connection(
             }
         });
     }
+}
+
+/// A streaming request: the service's responses go out as length-prefixed frames until the
+/// service is done (the stream is finished) or the caller stops reading (the service's
+/// sender closes, which is how it learns to stop).
+async fn serve_stream(
+    service: &Arc<dyn Service>,
+    peer: u64,
+    request: Request,
+    mut send: quinn::SendStream,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Response>(16);
+    let serving = tokio::spawn(service.serve_stream(peer, request, tx));
+    loop {
+        tokio::select! {
+            next = rx.recv() => {
+                let Some(response) = next else {
+                    let _ = send.finish();
+                    break;
+                };
+                let Ok(bytes) = codec::encode(&response) else { break };
+                if write_frame(&mut send, &bytes).await.is_err() {
+                    break;
+                }
+            }
+            _ = send.stopped() => break,
+        }
+    }
+    // Dropping the receiver closes the service's sender; it stops on its next send.
+    drop(rx);
+    let _ = serving.await;
 }
 
 /// A `Channel::Batch` frame: every request served at once, the answers in order.
@@ -656,7 +823,7 @@ async fn serve_batch(service: &Arc<dyn Service>, peer: u64, body: &[u8]) -> Resp
     }
     let answers = requests.into_iter().map(|r| {
         let reply: Reply = match r.channel {
-            Channel::Batch | Channel::Ping => Box::pin(async move {
+            Channel::Batch | Channel::Ping | Channel::Watch => Box::pin(async move {
                 Response::Err {
                     message: format!("{:?} requests cannot travel in a batch", r.channel),
                     retry: false,

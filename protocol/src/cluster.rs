@@ -57,7 +57,8 @@ pub enum Channel {
     /// An ingest batch forwarded to a shard's leader: the body is a `ShardBatch`, the answer
     /// empty once the shard's group committed and applied it.
     Ingest,
-    /// A query fragment for the shards a node leads.
+    /// A query fragment for shards the answering node hosts (the body and answer are the
+    /// server's own types: the shards, and what to read from each).
     Query,
     /// Liveness and identity; answered by the transport itself.
     Ping,
@@ -75,6 +76,19 @@ pub enum Channel {
     /// answer is their responses in the same order (a `Vec<Response>`). Heartbeats and votes
     /// of every group bound for one peer travel this way.
     Batch,
+    /// A live watch on shards the answering node hosts (streaming: the first answer is the
+    /// watched query's result as of registration, each later one a delta of an applied
+    /// batch; the caller ends it by closing the stream).
+    Watch,
+}
+
+impl Channel {
+    /// Whether the channel streams: after the request, the callee sends any number of
+    /// [`Response`]s, each as a `u32` little-endian length and that many bytes, and ends
+    /// the stream when done; the caller stops it when no longer interested.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Channel::Watch)
+    }
 }
 
 /// The Raft group of the cluster's metadata (users, keys, dashboards, alert rules); shard

@@ -147,6 +147,33 @@ pub fn shard_for(hash: u64, shard_count: u32) -> u32 {
     ((hash as u128 * shard_count as u128) >> 64) as u32
 }
 
+/// Seed of the replica placement hash. Never change it: it decides where shards live.
+const PLACEMENT_SEED: u64 = 0x7265_706c_6963_6173; // "replicas"
+
+/// The nodes that should hold replicas of `shard`: the `replication_factor` nodes of `nodes`
+/// (every node if there are fewer) with the highest rendezvous score `xxh3(shard ‖ node)`,
+/// best first. Every node computes the same answer from the same node list; a node joining
+/// takes over about `replication_factor / n` of the replicas, and a node leaving moves only
+/// the replicas it held.
+pub fn placement(shard: u32, nodes: &[u64], replication_factor: usize) -> Vec<u64> {
+    let mut scored: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|&node| {
+            let mut key = [0u8; 12];
+            key[..4].copy_from_slice(&shard.to_le_bytes());
+            key[4..].copy_from_slice(&node.to_le_bytes());
+            (
+                xxhash_rust::xxh3::xxh3_64_with_seed(&key, PLACEMENT_SEED),
+                node,
+            )
+        })
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.dedup_by_key(|(_, node)| *node);
+    scored.truncate(replication_factor);
+    scored.into_iter().map(|(_, node)| node).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +238,47 @@ mod tests {
         );
         assert_eq!(shard_for(u64::MAX, 1), 0);
         assert_eq!(shard_for(u64::MAX, 1024), 1023);
+    }
+
+    #[test]
+    fn placement_is_stable_and_moves_little() {
+        let nodes: Vec<u64> = (1..=4).collect();
+        for shard in 0..64 {
+            let p = placement(shard, &nodes, 3);
+            assert_eq!(p.len(), 3);
+            let mut d = p.clone();
+            d.sort_unstable();
+            d.dedup();
+            assert_eq!(d.len(), 3, "distinct nodes");
+            // The order of the node list does not matter.
+            let mut rev = nodes.clone();
+            rev.reverse();
+            assert_eq!(placement(shard, &rev, 3), p);
+        }
+        // Fewer nodes than the factor: all of them.
+        assert_eq!(placement(7, &[5, 9], 3).len(), 2);
+        // A fifth node takes some replicas; every other replica stays where it was.
+        let five: Vec<u64> = (1..=5).collect();
+        let mut moved = 0;
+        for shard in 0..256 {
+            let before = placement(shard, &nodes, 3);
+            let after = placement(shard, &five, 3);
+            let kept = after.iter().filter(|n| before.contains(n)).count();
+            assert!(kept >= 2, "shard {shard}: {before:?} -> {after:?}");
+            if kept == 2 {
+                assert!(after.contains(&5));
+                moved += 1;
+            }
+        }
+        // About 3/5 of the shards gain the new node.
+        assert!((100..=200).contains(&moved), "{moved} of 256 moved");
+        // A node leaving moves only the replicas it held.
+        for shard in 0..256 {
+            let before = placement(shard, &five, 3);
+            let after = placement(shard, &nodes, 3);
+            if !before.contains(&5) {
+                assert_eq!(before, after);
+            }
+        }
     }
 }

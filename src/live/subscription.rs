@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{LiveQuery, LiveStats, Outgoing, Resume, Subscriber};
 use crate::engine::ShardSet;
@@ -33,8 +33,10 @@ pub enum SubMsg {
         socket: u64,
         id: Arc<str>,
     },
-    /// A shard's partial aggregate of one applied batch.
-    Delta(Partial),
+    /// A shard's partial aggregate of one applied batch, for the watch with this id.
+    Delta(u64, Partial),
+    /// Part of the watch with this id ended (a remote link): watch again.
+    Lost(u64),
     /// Send the changed buckets (coalescing timer).
     Flush,
     /// Slide the window; stop when nobody has listened for a while.
@@ -84,17 +86,7 @@ impl Actor for Subscription {
         myself: ActorRef<SubMsg>,
         args: SubArgs,
     ) -> Result<SubState, ActorProcessingErr> {
-        let watch_id = rand::random::<u64>() >> 1;
-        let me = myself.clone();
-        let watch = Watch {
-            id: watch_id,
-            query: args.query.shard_query.clone(),
-            sink: Arc::new(move |_shard, partial| {
-                // The actor may have stopped; its watch is being removed.
-                let _ = me.cast(SubMsg::Delta(partial));
-            }),
-        };
-        let snapshot = args.shards.watch(watch).await?;
+        let (watch_id, snapshot) = register(&myself, &args.shards, &args.query).await?;
         myself.send_interval(Duration::from_secs(1), || SubMsg::Tick);
         let mut st = SubState {
             q: args.query,
@@ -146,16 +138,26 @@ impl Actor for Subscription {
                     st.empty_since = Some(Instant::now());
                 }
             }
-            SubMsg::Delta(partial) => {
-                merge(st, partial, true);
-                if !st.flush_pending && !st.changed.is_empty() {
-                    let interval = Duration::from_millis(st.q.min_interval_ms);
-                    let since = st.last_flush.elapsed();
-                    if since >= interval {
-                        flush(st);
-                    } else {
-                        st.flush_pending = true;
-                        myself.send_after(interval - since, || SubMsg::Flush);
+            SubMsg::Delta(id, partial) => {
+                // Deltas of a watch replaced by a resync are in its snapshot already.
+                if id == st.watch_id {
+                    merge(st, partial, true);
+                    schedule_flush(&myself, st);
+                }
+            }
+            SubMsg::Lost(id) => {
+                if id == st.watch_id {
+                    st.shards.unwatch(st.watch_id);
+                    match register(&myself, &st.shards, &st.q).await {
+                        Ok((id, snapshot)) => {
+                            st.watch_id = id;
+                            resync(st, snapshot);
+                            schedule_flush(&myself, st);
+                        }
+                        Err(e) => {
+                            warn!(query = %st.q.key, cause = %e, "live query lost part of its shards; watching again in 1 s");
+                            myself.send_after(Duration::from_secs(1), move || SubMsg::Lost(id));
+                        }
                     }
                 }
             }
@@ -180,6 +182,61 @@ impl Actor for Subscription {
             }
         }
         Ok(())
+    }
+}
+
+/// Watches every shard for `q` with a fresh watch id; deltas and losses come back to the
+/// actor tagged with it.
+async fn register(
+    myself: &ActorRef<SubMsg>,
+    shards: &ShardSet,
+    q: &LiveQuery,
+) -> crate::error::Result<(u64, Partial)> {
+    let id = rand::random::<u64>() >> 1;
+    let me = myself.clone();
+    let watch = Watch {
+        id,
+        query: q.shard_query.clone(),
+        sink: Arc::new(move |_shard, partial| {
+            // The actor may have stopped; its watch is being removed.
+            let _ = me.cast(SubMsg::Delta(id, partial));
+        }),
+    };
+    let me = myself.clone();
+    let lost = Arc::new(move || {
+        let _ = me.cast(SubMsg::Lost(id));
+    });
+    let snapshot = shards.watch(watch, lost).await?;
+    Ok((id, snapshot))
+}
+
+/// Flushes the changed buckets now, or schedules it for when `min_interval_ms` has passed
+/// since the last flush.
+fn schedule_flush(myself: &ActorRef<SubMsg>, st: &mut SubState) {
+    if !st.flush_pending && !st.changed.is_empty() {
+        let interval = Duration::from_millis(st.q.min_interval_ms);
+        let since = st.last_flush.elapsed();
+        if since >= interval {
+            flush(st);
+        } else {
+            st.flush_pending = true;
+            myself.send_after(interval - since, || SubMsg::Flush);
+        }
+    }
+}
+
+/// Replaces the buckets with a fresh watch's snapshot and marks every bucket whose value
+/// differs (or is new) as changed, so the next update carries what happened while part of
+/// the watch was lost.
+fn resync(st: &mut SubState, snapshot: Partial) {
+    let old = std::mem::take(&mut st.buckets);
+    merge(st, snapshot, false);
+    for (group, buckets) in &st.buckets {
+        for (ts, cell) in buckets {
+            if old.get(group).and_then(|b| b.get(ts)) != Some(cell) {
+                st.changed.insert((group.clone(), *ts));
+            }
+        }
     }
 }
 

@@ -11,9 +11,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::harness::{now_ms, point, Node};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(node: &Node, token: &str) -> Ws {
+pub(crate) async fn connect(node: &Node, token: &str) -> Ws {
     let url = format!(
         "{}/api/v1/ws?token={token}",
         node.base.replace("http://", "ws://")
@@ -24,14 +24,14 @@ async fn connect(node: &Node, token: &str) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into()))
         .await
         .expect("send");
 }
 
 /// The next JSON text message, within `wait`.
-async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+pub(crate) async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;

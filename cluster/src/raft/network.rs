@@ -195,6 +195,14 @@ pub trait GroupRpc: Send + Sync + 'static {
     /// becomes a voter first, so the group keeps its number of voters. Refuses to remove the
     /// last voter.
     fn remove_member(&self, id: u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+    /// At the leader: makes `target` the group's voters and nobody else a member. Nodes not
+    /// yet members join as learners and catch up first (one at a time), and only then does one
+    /// membership change (joint consensus) swap the voters, so the group never has fewer
+    /// up-to-date replicas than before. Returns whether anything changed.
+    fn reconcile(
+        &self,
+        target: Vec<(u64, Member)>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
 }
 
 impl<C> GroupRpc for Raft<C>
@@ -289,6 +297,63 @@ where
                     .map_err(|e| e.to_string())?;
             }
             Ok(())
+        })
+    }
+
+    fn reconcile(
+        &self,
+        target: Vec<(u64, Member)>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>> {
+        let raft = self.clone();
+        Box::pin(async move {
+            if target.is_empty() {
+                return Err("no target replicas".into());
+            }
+            let (voters, members): (BTreeSet<u64>, BTreeSet<u64>) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                let membership = m.membership_config.membership();
+                (
+                    membership.voter_ids().collect(),
+                    membership.nodes().map(|(n, _)| *n).collect(),
+                )
+            };
+            let wanted: BTreeSet<u64> = target.iter().map(|(id, _)| *id).collect();
+            if voters == wanted && members == wanted {
+                return Ok(false);
+            }
+            for (id, member) in target {
+                if !members.contains(&id) {
+                    raft.add_learner(id, member, true)
+                        .await
+                        .map_err(|e| format!("adding node {id} as a learner: {e}"))?;
+                }
+            }
+            if voters != wanted {
+                raft.change_membership(ChangeMembers::ReplaceAllVoters(wanted.clone()), false)
+                    .await
+                    .map_err(|e| format!("changing the voters to {wanted:?}: {e}"))?;
+            }
+            let strays: BTreeSet<u64> = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                if !wanted.contains(&m.id) {
+                    // This leader removed itself and steps down; the next one finishes.
+                    return Ok(true);
+                }
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(n, _)| *n)
+                    .filter(|n| !wanted.contains(n))
+                    .collect()
+            };
+            if !strays.is_empty() {
+                raft.change_membership(ChangeMembers::RemoveNodes(strays.clone()), false)
+                    .await
+                    .map_err(|e| format!("removing {strays:?}: {e}"))?;
+            }
+            Ok(true)
         })
     }
 

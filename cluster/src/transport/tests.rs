@@ -223,3 +223,86 @@ async fn batched_calls_share_frames_and_each_gets_its_own_answer() {
         .await;
     assert!(failed.is_err());
 }
+
+/// Streams `body[0]` numbered answers and ends; with `body[1] == 1` it goes on until the
+/// caller stops reading, then records that it noticed.
+struct Counter(Arc<std::sync::atomic::AtomicBool>);
+impl Service for Counter {
+    fn serve(&self, _from: u64, _request: Request) -> Reply {
+        Box::pin(async { Response::Ok(Vec::new()) })
+    }
+
+    fn serve_stream(
+        &self,
+        _from: u64,
+        request: Request,
+        out: tokio::sync::mpsc::Sender<Response>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let noticed = self.0.clone();
+        Box::pin(async move {
+            if request.body.is_empty() {
+                let _ = out
+                    .send(Response::Err {
+                        message: "say how many".into(),
+                        retry: false,
+                    })
+                    .await;
+                return;
+            }
+            let forever = request.body.get(1) == Some(&1);
+            let mut i = 0u8;
+            while forever || i < request.body[0] {
+                if out.send(Response::Ok(vec![i])).await.is_err() {
+                    noticed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                i = i.wrapping_add(1);
+                if forever {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_stream_delivers_every_answer_in_order_and_its_callee_hears_when_the_caller_leaves() {
+    let noticed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cfg = TransportConfig::new(loopback(), 1, SECRET);
+    cfg.request_timeout = Duration::from_secs(3);
+    let a = Transport::start(cfg, Arc::new(Counter(noticed.clone()))).expect("start");
+    let b = start(2, SECRET);
+    let wait = Duration::from_secs(3);
+
+    let (first, mut rest) = b
+        .open_stream(a.local_addr(), &req(Channel::Watch, &[5]), wait)
+        .await
+        .expect("open");
+    assert_eq!(first, vec![0]);
+    for i in 1..5u8 {
+        assert_eq!(rest.next().await.expect("next"), Some(vec![i]));
+    }
+    assert_eq!(rest.next().await.expect("end"), None);
+
+    // A refusal is the first answer's error.
+    let err = b
+        .open_stream(a.local_addr(), &req(Channel::Watch, &[]), wait)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("say how many"), "{err}");
+    // An endless stream: the callee notices the caller dropping it.
+    let (_, mut endless) = b
+        .open_stream(a.local_addr(), &req(Channel::Watch, &[1, 1]), wait)
+        .await
+        .expect("open");
+    assert!(endless.next().await.expect("next").is_some());
+    drop(endless);
+    for _ in 0..100 {
+        if noticed.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(noticed.load(std::sync::atomic::Ordering::Relaxed));
+}
