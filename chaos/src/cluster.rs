@@ -23,6 +23,8 @@ pub enum State {
     Running,
     Paused,
     Down,
+    /// Removed from the cluster (and stopped): no longer checked or restarted.
+    Removed,
 }
 
 pub struct Node {
@@ -67,7 +69,9 @@ fn free_udp() -> Result<SocketAddr> {
 
 impl Cluster {
     /// Starts `n` nodes: the first creates the cluster, the others join it through its relay.
-    pub async fn start(bin: &Path, n: usize) -> Result<Cluster> {
+    /// `spare` more slots (addresses, relays) are made for nodes that join later
+    /// ([`Cluster::join`]).
+    pub async fn start(bin: &Path, n: usize, spare: usize) -> Result<Cluster> {
         if !bin.exists() {
             bail!("pulseboard binary not found at {}", bin.display());
         }
@@ -77,7 +81,7 @@ impl Cluster {
             .tempdir()?;
         let faults = Arc::new(Faults::default());
         let mut quic = Vec::new();
-        for _ in 0..n {
+        for _ in 0..n + spare {
             quic.push(free_udp()?);
         }
         let senders: Arc<HashMap<SocketAddr, usize>> =
@@ -221,6 +225,52 @@ impl Cluster {
     pub fn resume(&mut self, i: usize) -> Result<()> {
         self.signal(i, "CONT")?;
         self.nodes[i].state = State::Running;
+        Ok(())
+    }
+
+    /// Starts the first spare node (never started yet), joining the cluster through node 0's
+    /// relay; returns its index.
+    pub async fn join(&mut self) -> Result<usize> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.id == 0 && n.state == State::Down)
+            .ok_or_else(|| anyhow!("no spare node left to join"))?;
+        let seed = self.nodes[0].relay;
+        self.launch(i, Some(seed)).await?;
+        Ok(i)
+    }
+
+    /// Removes node `i` from the cluster through another running node
+    /// (`DELETE /api/v1/cluster/nodes/{id}`, which returns once its shards moved), then stops
+    /// it for good.
+    pub async fn remove(&mut self, i: usize) -> Result<()> {
+        let via = self
+            .running()
+            .into_iter()
+            .find(|&o| o != i)
+            .ok_or_else(|| anyhow!("no other running node to remove node {i} through"))?;
+        let token = self.token(via).await?;
+        let r = self
+            .client
+            .delete(format!(
+                "{}/api/v1/cluster/nodes/{}",
+                self.nodes[via].base(),
+                self.nodes[i].id
+            ))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!(
+                "removing node {i}: {status} {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        self.stop(i).await?;
+        self.nodes[i].state = State::Removed;
         Ok(())
     }
 

@@ -27,13 +27,14 @@ use workload::{Options, Workload};
 pub async fn run_suite(
     bin: &Path,
     nodes: usize,
+    spare: usize,
     steps: usize,
     check_every: usize,
     options: Options,
     mut next: impl FnMut(usize) -> (Fault, Duration),
     mut progress: impl FnMut(&Outcome),
 ) -> Result<Report> {
-    let mut cluster = Cluster::start(bin, nodes).await?;
+    let mut cluster = Cluster::start(bin, nodes, spare).await?;
     cluster.wait_settled(Duration::from_secs(60)).await?;
     let bases = cluster.nodes.iter().map(|n| n.base()).collect();
     let mut workload = Workload::start(bases, options);
@@ -63,17 +64,19 @@ pub async fn run_suite(
     Ok(report)
 }
 
-/// The smoke run: three nodes; kill -9 of the leader, a partitioned leader, a paused leader;
-/// the checker after each.
+/// The smoke run: three nodes; kill -9 of the leader, a partitioned leader, a paused leader,
+/// then a fourth node joining and one of the first three removed; the checker after each.
 pub async fn smoke(bin: &Path) -> Result<Report> {
     let faults = [
         Fault::KillLeader,
         Fault::PartitionLeader,
         Fault::PauseLeader,
+        Fault::Rebalance,
     ];
     run_suite(
         bin,
         3,
+        1,
         faults.len(),
         1,
         Options {

@@ -83,6 +83,7 @@ fn main() -> Result<()> {
                 chaos::run_suite(
                     &bin,
                     3,
+                    0,
                     rounds,
                     rounds,
                     Options::default(),
@@ -102,6 +103,8 @@ fn main() -> Result<()> {
                 chaos::run_suite(
                     &bin,
                     nodes,
+                    // The tour's rebalance joins one more node.
+                    1,
                     steps,
                     check_every,
                     Options::default(),

@@ -30,10 +30,13 @@ pub enum Fault {
     RollingRestart,
     /// A follower killed, the tail of its newest log segment cut off, and restarted.
     TruncatedLog,
+    /// A new node joins (taking over a share of the shards), then the node leading the
+    /// fewest shards is removed (its shards move to the others) and stopped.
+    Rebalance,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -42,13 +45,15 @@ impl Fault {
         Fault::LossyLinks,
         Fault::RollingRestart,
         Fault::TruncatedLog,
+        Fault::Rebalance,
     ];
 
     pub fn random() -> Fault {
-        // Rolling restarts take long; the random run keeps to single faults.
+        // Rolling restarts take long, and a rebalance needs a spare node: the random run keeps
+        // to single faults.
         let pool: Vec<Fault> = Fault::ALL
             .into_iter()
-            .filter(|f| *f != Fault::RollingRestart)
+            .filter(|f| !matches!(f, Fault::RollingRestart | Fault::Rebalance))
             .collect();
         *pool.choose(&mut rand::rng()).unwrap_or(&Fault::KillLeader)
     }
@@ -76,6 +81,7 @@ impl fmt::Display for Fault {
             Fault::LossyLinks => "lossy links (drop, delay, dup)",
             Fault::RollingRestart => "rolling restart",
             Fault::TruncatedLog => "truncated log on follower",
+            Fault::Rebalance => "a node joins, another leaves",
         })
     }
 }
@@ -116,7 +122,7 @@ pub async fn run(
         | Fault::PartitionLeader
         | Fault::OneWayPartition => Some(cluster.busiest_leader().await?),
         Fault::KillFollower | Fault::TruncatedLog => Some(cluster.quietest().await?),
-        Fault::LossyLinks | Fault::RollingRestart => None,
+        Fault::LossyLinks | Fault::RollingRestart | Fault::Rebalance => None,
     };
     let v = victim.unwrap_or(0);
     let fault_at = workload.elapsed();
@@ -169,7 +175,7 @@ pub async fn run(
             cluster.faults.heal();
         }
         Fault::RollingRestart => {
-            for i in 0..cluster.nodes.len() {
+            for i in cluster.running() {
                 cluster.stop(i).await?;
                 cluster.restart(i).await?;
                 cluster.wait_settled(Duration::from_secs(60)).await?;
@@ -181,6 +187,22 @@ pub async fn run(
             cluster.truncate_log(v, 4096)?;
             tokio::time::sleep(hold).await;
             cluster.restart(v).await?;
+        }
+        Fault::Rebalance => {
+            let joined = cluster.join().await?;
+            cluster.wait_settled(Duration::from_secs(60)).await?;
+            tokio::time::sleep(hold).await;
+            let leaving = cluster.quietest().await?;
+            let leaving = if leaving == joined {
+                cluster
+                    .running()
+                    .into_iter()
+                    .find(|&i| i != joined)
+                    .unwrap_or(leaving)
+            } else {
+                leaving
+            };
+            cluster.remove(leaving).await?;
         }
     }
     cluster.wait_settled(Duration::from_secs(60)).await?;

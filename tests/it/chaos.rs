@@ -1,18 +1,19 @@
 //! The chaos smoke run (SPEC §5, §6): three real nodes behind fault-injecting relays; a
 //! leader killed with SIGKILL, a leader partitioned away, a leader paused past the election
-//! timeout, under a workload that records every acknowledgement. The checker must find every
+//! timeout, then a fourth node joining and one of the first three removed (shards moving both
+//! ways), under a workload that records every acknowledgement. The checker must find every
 //! acknowledged point exactly once on every node, the rollups agreeing with the points, and
 //! every acknowledged dashboard (metadata writes) once on every node.
 //! The full suite: `cargo run --release -p chaos -- full` (see the README).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_a_killed_a_partitioned_and_a_paused_leader() {
+async fn acknowledged_writes_survive_leader_faults_and_shards_moving_between_nodes() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_pulseboard"));
     let report = chaos::smoke(bin).await.expect("the smoke run completes");
     let md = report.markdown();
     println!("{md}");
     assert!(report.ok(), "{md}");
-    assert_eq!(report.outcomes.len(), 3);
+    assert_eq!(report.outcomes.len(), 4);
     assert!(report.acked_points > 0, "{md}");
     let dashboards = report
         .checks
