@@ -22,19 +22,25 @@ use report::Report;
 use scenario::{Fault, Outcome};
 use workload::{Options, Workload};
 
+/// How many nodes a suite starts, and how many more it keeps ready to join (a rebalance).
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    pub nodes: usize,
+    pub spare: usize,
+}
+
 /// Runs faults one after another against one cluster under one workload, checking every
 /// `check_every` faults and at the end. `next` picks the fault for step `i`.
 pub async fn run_suite(
     bin: &Path,
-    nodes: usize,
-    spare: usize,
+    size: Size,
     steps: usize,
     check_every: usize,
     options: Options,
     mut next: impl FnMut(usize) -> (Fault, Duration),
     mut progress: impl FnMut(&Outcome),
 ) -> Result<Report> {
-    let mut cluster = Cluster::start(bin, nodes, spare).await?;
+    let mut cluster = Cluster::start(bin, size.nodes, size.spare).await?;
     cluster.wait_settled(Duration::from_secs(60)).await?;
     let bases = cluster.nodes.iter().map(|n| n.base()).collect();
     let mut workload = Workload::start(bases, options);
@@ -75,8 +81,7 @@ pub async fn smoke(bin: &Path) -> Result<Report> {
     ];
     run_suite(
         bin,
-        3,
-        1,
+        Size { nodes: 3, spare: 1 },
         faults.len(),
         1,
         Options {

@@ -82,8 +82,7 @@ fn main() -> Result<()> {
             Command::Kills { rounds } => {
                 chaos::run_suite(
                     &bin,
-                    3,
-                    0,
+                    chaos::Size { nodes: 3, spare: 0 },
                     rounds,
                     rounds,
                     Options::default(),
@@ -102,9 +101,8 @@ fn main() -> Result<()> {
                 let steps = tour + kills + random;
                 chaos::run_suite(
                     &bin,
-                    nodes,
                     // The tour's rebalance joins one more node.
-                    1,
+                    chaos::Size { nodes, spare: 1 },
                     steps,
                     check_every,
                     Options::default(),
