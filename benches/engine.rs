@@ -81,6 +81,7 @@ fn main() {
                 points: c.to_vec().into(),
                 batch_id: None,
                 hashes: Default::default(),
+                encoded: Default::default(),
             })
             .collect();
         prepared.push((s, list));

@@ -513,6 +513,7 @@ impl Engine {
                     points: points.into(),
                     batch_id: batch_id.map(str::to_owned),
                     hashes: protocol::batch::SeriesHashes(hashes.into()),
+                    encoded: Default::default(),
                 };
                 self.groups.propose(batch)
             });
@@ -806,6 +807,7 @@ mod tests {
                 points: part.into(),
                 batch_id: Some("k1".into()),
                 hashes: Default::default(),
+                encoded: Default::default(),
             })
             .await
             .expect("part");

@@ -378,15 +378,7 @@ impl RaftGroups {
             return;
         }
         let Ok(g) = self.group(group) else { return };
-        let mut metrics = g.metrics();
-        loop {
-            if metrics.changed().await.is_err() {
-                return;
-            }
-            if metrics.borrow().current_leader != Some(leader) {
-                return;
-            }
-        }
+        leader_changes(g, leader).await
     }
 
     /// A batch another node forwarded: commit it here if this node leads its shard.
@@ -919,6 +911,21 @@ pub fn leader_of(raft: &dyn GroupRpc) -> Option<(u64, Option<Member>)> {
     let leader = m.current_leader?;
     let node = m.membership_config.membership().get_node(&leader).cloned();
     Some((leader, node))
+}
+
+/// Resolves once this node's replica of the group sees another leader than `leader` (or
+/// none): a write forwarded to `leader` stops waiting for a node that was deposed or died
+/// (the election that replaces it is a sooner sign than the call's timeout).
+pub async fn leader_changes(raft: &dyn GroupRpc, leader: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        if metrics.changed().await.is_err() {
+            return;
+        }
+        if metrics.borrow().current_leader != Some(leader) {
+            return;
+        }
+    }
 }
 
 pub fn write_error(shard: u32, e: WriteError) -> Error {

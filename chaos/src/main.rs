@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Three faults (kill -9 leader, partitioned leader, paused leader), checked after each.
+    /// Four faults (kill -9 leader, partitioned leader, paused leader, a node joining and
+    /// another leaving), checked after each.
     Smoke,
     /// Only leader kills (for the failover figures).
     Kills {

@@ -5,6 +5,7 @@ pub mod log_store;
 pub mod network;
 
 pub use log_store::LogStore;
+pub use network::{decode_append, encode_append};
 pub use network::{GroupRpc, Member, Network, Router};
 
 use openraft::{ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
@@ -31,6 +32,45 @@ impl RaftMeta {
     pub fn encode(&self) -> Vec<u8> {
         // Log ids and memberships always encode.
         protocol::codec::encode(self).unwrap_or_default()
+    }
+}
+
+/// A log entry encoded once per node: its payload keeps the encoding (see
+/// `protocol::codec::EntryBytes`), so the leader's log store, its replication to each
+/// follower and each follower's log store share one encoding.
+pub trait EncodedEntry {
+    /// The entry's encoding: kept by its payload, or encoded now (and kept).
+    fn encoded(&self) -> Result<std::sync::Arc<[u8]>, protocol::codec::CodecError>;
+    /// Keeps `bytes` (this entry's encoding, as received) with the payload.
+    fn keep(&self, bytes: std::sync::Arc<[u8]>);
+}
+
+impl<C> EncodedEntry for openraft::Entry<C>
+where
+    C: openraft::RaftTypeConfig,
+    C::D: protocol::codec::EntryBytes,
+{
+    fn encoded(&self) -> Result<std::sync::Arc<[u8]>, protocol::codec::CodecError> {
+        use protocol::codec::EntryBytes;
+        let openraft::EntryPayload::Normal(data) = &self.payload else {
+            return protocol::codec::encode(self).map(Into::into);
+        };
+        // The entry's encoding starts with its log id's: bytes kept for another entry (the
+        // same batch proposed again) do not match.
+        let prefix = protocol::codec::encode(&self.log_id)?;
+        if let Some(bytes) = data.entry_bytes(&prefix) {
+            return Ok(bytes);
+        }
+        let bytes: std::sync::Arc<[u8]> = protocol::codec::encode(self)?.into();
+        data.keep_entry_bytes(bytes.clone());
+        Ok(bytes)
+    }
+
+    fn keep(&self, bytes: std::sync::Arc<[u8]>) {
+        use protocol::codec::EntryBytes;
+        if let openraft::EntryPayload::Normal(data) = &self.payload {
+            data.keep_entry_bytes(bytes);
+        }
     }
 }
 

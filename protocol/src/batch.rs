@@ -1,6 +1,6 @@
 //! The unit of the write-ahead log.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,37 @@ pub struct ShardBatch {
     /// computes them.
     #[serde(skip)]
     pub hashes: SeriesHashes,
+    /// The encoding of the Raft log entry that carries this batch, once a node has it (the
+    /// leader's log store encoded it, or a follower received it): replication to every
+    /// follower and the follower's own log reuse it instead of encoding the points again.
+    /// Not encoded; shared by clones.
+    #[serde(skip)]
+    pub encoded: EncodedEntry,
+}
+
+/// See [`ShardBatch::encoded`]. Not part of a batch's value: two batches compare equal
+/// whatever their caches hold.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedEntry(Arc<Mutex<Option<Arc<[u8]>>>>);
+
+impl PartialEq for EncodedEntry {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl crate::codec::EntryBytes for ShardBatch {
+    fn entry_bytes(&self, log_id_prefix: &[u8]) -> Option<Arc<[u8]>> {
+        let cached = self.encoded.0.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .as_ref()
+            .filter(|b| b.starts_with(log_id_prefix))
+            .cloned()
+    }
+
+    fn keep_entry_bytes(&self, bytes: Arc<[u8]>) {
+        *self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+    }
 }
 
 /// A cache beside a batch's points (see [`ShardBatch::hashes`]): not part of its value, so

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub const ALPN: &[u8] = b"pulseboard-cluster/1";
 /// The version a caller speaks; a callee refuses any other with [`Welcome::Refused`].
-pub const VERSION: u16 = 1;
+/// 2: `Channel::RaftAppend` carries each entry as its own length-prefixed encoding;
+/// `Channel::Query` and `Channel::Watch` serve other nodes' reads.
+pub const VERSION: u16 = 2;
 /// The label of the TLS keying-material export the handshake proofs cover.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-pulseboard-cluster-auth";
 /// The largest frame a node reads (a Raft snapshot chunk or an ingest batch fits easily).
@@ -48,6 +50,9 @@ pub enum Welcome {
 /// Which service a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Channel {
+    /// openraft's append-entries: the request without its entries, then each entry's own
+    /// encoding, each part a `u32` little-endian length and its bytes (see
+    /// `cluster::raft::encode_append`: an entry is encoded once for every follower).
     RaftAppend,
     RaftVote,
     RaftSnapshot,

@@ -54,6 +54,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// A Raft entry's application data that can keep the encoding of the entry carrying it, so
+/// a node encodes an entry once: for its log, for each follower, and (as a follower) not at
+/// all. The bytes are the encoding of the whole entry, which starts with the encoding of its
+/// log id: a batch proposed again (a new entry, a new log id) never reuses another entry's
+/// bytes, because callers pass the new entry's log id encoding as `log_id_prefix`.
+/// The defaults keep nothing (small payloads, such as metadata commands, are cheap to encode
+/// again).
+pub trait EntryBytes {
+    /// The kept encoding, if it is of the entry whose log id encodes to `log_id_prefix`.
+    fn entry_bytes(&self, _log_id_prefix: &[u8]) -> Option<std::sync::Arc<[u8]>> {
+        None
+    }
+    fn keep_entry_bytes(&self, _bytes: std::sync::Arc<[u8]>) {}
+}
+
+impl EntryBytes for u64 {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +101,7 @@ mod tests {
                 received_ms,
                 points: points.into(),
                 hashes: Default::default(),
+                encoded: Default::default(),
             })
     }
 

@@ -103,6 +103,9 @@ pub enum MetaCommand {
     },
 }
 
+/// Commands are small: the metadata group's log encodes them again where it needs to.
+impl protocol::codec::EntryBytes for MetaCommand {}
+
 /// What applying a command produced.
 #[derive(Debug)]
 pub enum MetaOutcome {

@@ -30,7 +30,7 @@ use protocol::cluster::{Channel, MetaWritten, Refusal, Request, Response, META_G
 
 use super::command::{MetaCommand, MetaOutcome};
 use super::store::{MetaError, MetaStore};
-use crate::replication::leader_of;
+use crate::replication::{leader_changes, leader_of};
 
 openraft::declare_raft_types!(
     /// The type configuration of the metadata group: commands in, refusals out.
@@ -39,6 +39,10 @@ openraft::declare_raft_types!(
         R = Option<Refusal>,
         Node = Member,
 );
+
+/// How long a forwarded change still waits for the old leader's answer once another node
+/// leads the group.
+const DEPOSED_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a metadata change waits for the group to have a leader and commit it.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
@@ -270,7 +274,26 @@ impl MetaGroup {
                     group: META_GROUP,
                     body: body.clone().unwrap_or_default(),
                 };
-                match self.transport.call_within(addr, &request, WRITE_WAIT).await {
+                let call = self.transport.call_within(addr, &request, WRITE_WAIT);
+                tokio::pin!(call);
+                let answer = tokio::select! {
+                    answer = &mut call => answer,
+                    () = leader_changes(&self.raft, l) => {
+                        // A deposed leader that is alive still answers what became of the
+                        // change (commands such as "create a dashboard" are not idempotent:
+                        // an exact answer beats a fast one); a dead one never will, and
+                        // waiting out the whole timeout for it would only delay the 503.
+                        match tokio::time::timeout(DEPOSED_GRACE, &mut call).await {
+                            Ok(answer) => answer,
+                            Err(_) => {
+                                return Err(unavailable(
+                                    "the metadata group's leader changed and the old one did not answer; retry",
+                                ))
+                            }
+                        }
+                    }
+                };
+                match answer {
                     Ok(answer) => {
                         let written: MetaWritten = protocol::codec::decode(&answer)
                             .map_err(|e| MetaError::Failed(format!("leader's answer: {e}")))?;

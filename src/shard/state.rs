@@ -578,6 +578,7 @@ mod tests {
             points: points.into(),
             batch_id: None,
             hashes: Default::default(),
+            encoded: Default::default(),
         }
     }
 

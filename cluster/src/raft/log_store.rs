@@ -7,6 +7,7 @@
 //! data is shared (`ShardBatch` points sit behind an `Arc`) clones cheaply. Older ones are
 //! read back from the segment files, which only a lagging follower's replication asks for.
 
+use super::EncodedEntry;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
@@ -82,7 +83,7 @@ fn err<C: RaftTypeConfig>(
 impl<C> LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned + Clone,
+    C::Entry: Serialize + DeserializeOwned + Clone + EncodedEntry,
 {
     pub fn new(log: Arc<SharedLog>, group: u32) -> Self {
         let last = log.group(group).last;
@@ -147,6 +148,8 @@ where
             {
                 let entry: C::Entry = protocol::codec::decode(&bytes)
                     .map_err(|e| format!("entry {index} of group {}: {e}", self.group))?;
+                // Read back to replicate to a lagging follower: sent as read.
+                entry.keep(bytes.into());
                 out.push(entry);
             }
         }
@@ -158,7 +161,7 @@ where
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned + Clone,
+    C::Entry: Serialize + DeserializeOwned + Clone + EncodedEntry,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -182,7 +185,7 @@ where
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned + Clone,
+    C::Entry: Serialize + DeserializeOwned + Clone + EncodedEntry,
 {
     type LogReader = Self;
 
@@ -272,8 +275,10 @@ where
             }
             for entry in entries {
                 let index = entry.get_log_id().index;
-                let payload = protocol::codec::encode(&entry)
-                    .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                let payload = entry
+                    .encoded()
+                    .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?
+                    .to_vec();
                 let size = payload.len();
                 c.bytes += size;
                 if let Some((_, old)) = c.entries.insert(index, (entry, size)) {

@@ -3,6 +3,7 @@
 //!
 //! Every group's RPCs to a peer share the transport's one connection to it.
 
+use super::EncodedEntry;
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
 use std::future::Future;
@@ -64,6 +65,7 @@ impl<C> Network<C> {
 impl<C> RaftNetworkFactory<C> for Network<C>
 where
     C: RaftTypeConfig<NodeId = u64, Node = Member>,
+    C::Entry: EncodedEntry,
 {
     type Network = PeerClient<C>;
 
@@ -93,19 +95,19 @@ struct Message(String);
 impl<C> PeerClient<C>
 where
     C: RaftTypeConfig<NodeId = u64, Node = Member>,
+    C::Entry: EncodedEntry,
 {
     /// One RPC; a `batched` one shares a frame with the other groups' small RPCs to the same
     /// peer (`Transport::call_batched`): heartbeats and votes, which every group sends and
     /// which would otherwise cost a stream each.
-    async fn rpc<Q, A, E>(
+    async fn rpc<A, E>(
         &self,
         channel: Channel,
-        request: &Q,
+        body: Result<Vec<u8>, codec::CodecError>,
         option: &RPCOption,
         batched: bool,
     ) -> Result<A, RPCError<u64, Member, E>>
     where
-        Q: Serialize,
         A: DeserializeOwned,
         E: Error + DeserializeOwned,
     {
@@ -113,8 +115,8 @@ where
             .addr
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&Message(e))))?;
-        let body = codec::encode(request)
-            .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))?;
+        let body =
+            body.map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))?;
         let request = Request {
             channel,
             group: self.group,
@@ -144,6 +146,7 @@ where
 impl<C> RaftNetwork<C> for PeerClient<C>
 where
     C: RaftTypeConfig<NodeId = u64, Node = Member>,
+    C::Entry: EncodedEntry,
 {
     async fn append_entries(
         &mut self,
@@ -152,7 +155,8 @@ where
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         // A heartbeat carries no entries.
         let batched = rpc.entries.is_empty();
-        self.rpc(Channel::RaftAppend, &rpc, &option, batched).await
+        self.rpc(Channel::RaftAppend, encode_append(&rpc), &option, batched)
+            .await
     }
 
     async fn install_snapshot(
@@ -163,7 +167,8 @@ where
         InstallSnapshotResponse<u64>,
         RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.rpc(Channel::RaftSnapshot, &rpc, &option, false).await
+        self.rpc(Channel::RaftSnapshot, codec::encode(&rpc), &option, false)
+            .await
     }
 
     async fn vote(
@@ -171,7 +176,8 @@ where
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.rpc(Channel::RaftVote, &rpc, &option, true).await
+        self.rpc(Channel::RaftVote, codec::encode(&rpc), &option, true)
+            .await
     }
 }
 
@@ -208,6 +214,7 @@ pub trait GroupRpc: Send + Sync + 'static {
 impl<C> GroupRpc for Raft<C>
 where
     C: RaftTypeConfig<NodeId = u64, Node = Member, Responder = OneshotResponder<C>>,
+    C::Entry: EncodedEntry,
 {
     fn metrics(&self) -> watch::Receiver<RaftMetrics<u64, Member>> {
         Raft::metrics(self)
@@ -361,7 +368,7 @@ where
         let raft = self.clone();
         Box::pin(async move {
             let encoded = match channel {
-                Channel::RaftAppend => match codec::decode::<AppendEntriesRequest<C>>(&body) {
+                Channel::RaftAppend => match decode_append::<C>(&body) {
                     Ok(rpc) => codec::encode(&raft.append_entries(rpc).await),
                     Err(e) => return malformed(e),
                 },
@@ -389,6 +396,82 @@ where
             }
         })
     }
+}
+
+/// An append-entries request without its entries.
+#[derive(Serialize, Deserialize)]
+struct AppendHead {
+    vote: openraft::Vote<u64>,
+    prev_log_id: Option<openraft::LogId<u64>>,
+    leader_commit: Option<openraft::LogId<u64>>,
+}
+
+/// `Channel::RaftAppend` body: the request without its entries, then each entry as the
+/// encoding its payload keeps (see `EncodedEntry`), each part as a `u32` little-endian length
+/// and that many bytes. The leader encodes an entry once for its log and every follower; a
+/// follower's log stores the bytes it received.
+pub fn encode_append<C>(rpc: &AppendEntriesRequest<C>) -> Result<Vec<u8>, codec::CodecError>
+where
+    C: RaftTypeConfig<NodeId = u64>,
+    C::Entry: EncodedEntry,
+{
+    let head = codec::encode(&AppendHead {
+        vote: rpc.vote,
+        prev_log_id: rpc.prev_log_id,
+        leader_commit: rpc.leader_commit,
+    })?;
+    let mut parts = Vec::with_capacity(rpc.entries.len() + 1);
+    parts.push(std::sync::Arc::<[u8]>::from(head));
+    for entry in &rpc.entries {
+        parts.push(entry.encoded()?);
+    }
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    for part in parts {
+        let len = u32::try_from(part.len())
+            .map_err(|_| codec::CodecError::Encode("an entry over 4 GiB".into()))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&part);
+    }
+    Ok(out)
+}
+
+/// Reads a body [`encode_append`] wrote; each entry keeps the bytes it came in.
+pub fn decode_append<C>(body: &[u8]) -> Result<AppendEntriesRequest<C>, codec::CodecError>
+where
+    C: RaftTypeConfig<NodeId = u64>,
+    C::Entry: EncodedEntry + DeserializeOwned,
+{
+    let mut rest = body;
+    let mut next = || -> Result<Option<&[u8]>, codec::CodecError> {
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let short = || codec::CodecError::Decode("append-entries body cut short".into());
+        let len: [u8; 4] = rest
+            .get(..4)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?;
+        let len = u32::from_le_bytes(len) as usize;
+        let part = rest.get(4..4 + len).ok_or_else(short)?;
+        rest = &rest[4 + len..];
+        Ok(Some(part))
+    };
+    let head: AppendHead = codec::decode(
+        next()?.ok_or_else(|| codec::CodecError::Decode("empty append-entries body".into()))?,
+    )?;
+    let mut entries = Vec::new();
+    while let Some(bytes) = next()? {
+        let entry: C::Entry = codec::decode(bytes)?;
+        entry.keep(bytes.into());
+        entries.push(entry);
+    }
+    Ok(AppendEntriesRequest {
+        vote: head.vote,
+        prev_log_id: head.prev_log_id,
+        entries,
+        leader_commit: head.leader_commit,
+    })
 }
 
 fn malformed(e: impl std::fmt::Display) -> Response {

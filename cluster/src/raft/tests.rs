@@ -253,3 +253,71 @@ async fn reopen_keeps_entries_vote_purge_and_truncation() {
     );
     assert_eq!(b.try_get_log_entries(..).await.expect("read").len(), 300);
 }
+
+openraft::declare_raft_types!(
+    pub BatchConfig:
+        D = protocol::ShardBatch,
+        R = (),
+        Node = Member,
+);
+
+fn batch_entry(term: u64, index: u64, batch: protocol::ShardBatch) -> openraft::Entry<BatchConfig> {
+    openraft::Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(batch),
+    }
+}
+
+#[test]
+fn an_entry_is_encoded_once_and_its_bytes_travel_with_it() {
+    use super::EncodedEntry;
+    let batch = protocol::ShardBatch {
+        shard: 3,
+        received_ms: 42,
+        points: Arc::new(vec![protocol::DataPoint {
+            metric: "m".into(),
+            timestamp_ms: 1,
+            value: 2.5,
+            dimensions: vec![("k".into(), "v".into())],
+        }]),
+        batch_id: Some("key".into()),
+        hashes: Default::default(),
+        encoded: Default::default(),
+    };
+    let first = batch_entry(1, 5, batch.clone());
+    let bytes = first.encoded().expect("encode");
+    assert_eq!(
+        &*bytes,
+        protocol::codec::encode(&first).expect("encode").as_slice()
+    );
+    // Kept: the same allocation the next time.
+    assert!(Arc::ptr_eq(&bytes, &first.encoded().expect("again")));
+    // The same batch proposed again is another entry: never the first one's bytes.
+    let again = batch_entry(2, 6, batch.clone());
+    assert_eq!(
+        &*again.encoded().expect("encode"),
+        protocol::codec::encode(&again).expect("encode").as_slice()
+    );
+
+    let rpc = openraft::raft::AppendEntriesRequest::<BatchConfig> {
+        vote: openraft::Vote::new_committed(2, 1),
+        prev_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 4)),
+        entries: vec![batch_entry(1, 5, batch.clone()), batch_entry(2, 6, batch)],
+        leader_commit: None,
+    };
+    let body = super::encode_append(&rpc).expect("encode");
+    let back = super::decode_append::<BatchConfig>(&body).expect("decode");
+    assert_eq!(back.vote, rpc.vote);
+    assert_eq!(back.prev_log_id, rpc.prev_log_id);
+    assert_eq!(back.leader_commit, rpc.leader_commit);
+    assert_eq!(back.entries, rpc.entries);
+    for (got, sent) in back.entries.iter().zip(&rpc.entries) {
+        assert_eq!(got.encoded().expect("kept"), sent.encoded().expect("kept"));
+    }
+    // A cut or garbled body is an error, never a panic.
+    for cut in 0..body.len() {
+        let _ = super::decode_append::<BatchConfig>(&body[..cut]);
+    }
+    assert!(super::decode_append::<BatchConfig>(&body[..body.len() - 1]).is_err());
+    assert!(super::decode_append::<BatchConfig>(&[]).is_err());
+}
