@@ -200,7 +200,10 @@ impl RaftGroups {
     /// The group's leader and its address: from this node's replica if it serves the group,
     /// else from the directory.
     pub fn leader(&self, group: u32) -> Option<(u64, Option<Member>)> {
-        if self.member_of(group) {
+        // Not `member_of`: a node removed from a group may never hear of the final change
+        // (its leader stops replicating to it), and its replica goes on naming the leader of
+        // that moment.
+        if self.serves(group) {
             return self.group(group).ok().and_then(leader_of);
         }
         let leader = self.seen(group)?.leader?;
@@ -371,7 +374,7 @@ impl RaftGroups {
     /// Resolves once `leader` no longer leads `group` as this node sees it (its replica's
     /// metrics, or for a group it does not serve the probes' directory).
     async fn deposed(&self, group: u32, leader: u64) {
-        if !self.member_of(group) {
+        if !self.serves(group) {
             while self.seen(group).and_then(|s| s.leader) == Some(leader) {
                 tokio::time::sleep(PING_EVERY).await;
             }

@@ -615,3 +615,73 @@ async fn the_only_node_cannot_be_removed() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn a_live_query_follows_its_remote_shards_across_a_node_kill() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, view) = three_nodes(root.path()).await;
+    let first_quic = view["nodes"][0]["quic_addr"].as_str().unwrap().to_owned();
+    nodes.push(
+        cluster_node(
+            &root.path().join("n3"),
+            &free_quic_addr(),
+            Some(&first_quic),
+        )
+        .await,
+    );
+    let view = every_shard_led(&nodes[0]).await;
+    let id_of = |node: &Node| {
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| node.base.ends_with(n["http_addr"].as_str().unwrap()))
+            .unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let ids: Vec<u64> = nodes.iter().map(id_of).collect();
+    // The node holding fewest shards watches the others' through their nodes; the victim is
+    // the node leading the most shards it lacks.
+    let per = replicas_per_node(&view);
+    let watcher = (0..4).min_by_key(|&i| per[&ids[i]]).unwrap();
+    let mut lacked_led = std::collections::BTreeMap::<u64, usize>::new();
+    for s in view["shards"].as_array().unwrap() {
+        if !s["replicas"]
+            .as_array()
+            .unwrap()
+            .contains(&ids[watcher].into())
+        {
+            *lacked_led.entry(s["leader"].as_u64().unwrap()).or_default() += 1;
+        }
+    }
+    let victim_id = *lacked_led.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    let victim = ids.iter().position(|&id| id == victim_id).unwrap();
+    assert_ne!(victim, watcher);
+
+    let base = crate::harness::now_ms() - 60_000;
+    let mut want = std::collections::BTreeMap::new();
+    write_batch(&nodes[watcher], 0, 100, base, &mut want).await;
+    let mut ws = crate::live::connect(&nodes[watcher], &nodes[watcher].token).await;
+    crate::live::send(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "id": "k", "query": {
+            "metric": "events", "aggregation": "count", "granularity": "1s",
+            "window": "10m", "group_by": "batch"}}),
+    )
+    .await;
+    let mut live = std::collections::BTreeMap::new();
+    live_until(&mut ws, &mut live, &want).await;
+
+    // kill -9 of the node the watch reads most of its remote shards from; writes go on
+    // through the others (each shard keeps two of its three replicas), and the live totals
+    // catch up with every acknowledged point, none counted twice.
+    let killed = nodes.remove(victim);
+    drop(killed.kill9());
+    let writers: Vec<&Node> = nodes.iter().collect();
+    for b in 1..9 {
+        write_batch(writers[b % writers.len()], b, 100, base, &mut want).await;
+    }
+    live_until(&mut ws, &mut live, &want).await;
+    assert_eq!(live, want);
+}
