@@ -45,21 +45,79 @@ fn main() {
     let points = 2_000_000;
 
     let dir = tempfile::tempdir().unwrap();
+    // The single node and the cluster run side by side and take turns: three rounds of each,
+    // alternating, so a change in the machine's other load hits both alike; the figures
+    // are the medians. The idle side costs a few percent of a core (see the idle figure).
     let single = start_cluster_node(&dir.path().join("single"), &free_quic(), None, &[]);
-    let one = rt.block_on(async {
-        drive(&args(&single.base, 100_000, 4)).await.unwrap();
-        drive(&args(&single.base, points, 4)).await.unwrap()
-    });
-    drop(single);
-    report("1 node", &one);
-
     let nodes = three_nodes(&dir.path().join("c16"), &[]);
     std::thread::sleep(Duration::from_secs(1));
-    let via_one = rt.block_on(async {
+    let cpu_of = |ns: &[&common::ClusterNode]| -> Vec<f64> {
+        ns.iter()
+            .map(|n| process_cpu_seconds(n.child.id()))
+            .collect()
+    };
+    // One measured load through `entry`: its summary and the CPU seconds each of `watched`
+    // spent on it.
+    let run = |entry: &str, watched: &[&common::ClusterNode]| {
+        let c0 = cpu_of(watched);
+        let s = rt.block_on(drive(&args(entry, points, 4))).unwrap();
+        let cpu: Vec<f64> = cpu_of(watched)
+            .iter()
+            .zip(&c0)
+            .map(|(a, b)| a - b)
+            .collect();
+        (s, cpu)
+    };
+    rt.block_on(async {
+        drive(&args(&single.base, 100_000, 4)).await.unwrap();
         drive(&args(&nodes[0].base, 100_000, 4)).await.unwrap();
-        drive(&args(&nodes[0].base, points, 4)).await.unwrap()
     });
-    report("3 nodes, RF 3, all load to one node", &via_one);
+    let cluster: Vec<&common::ClusterNode> = nodes.iter().collect();
+    let us = |cpu: f64| cpu / points as f64 * 1e6;
+    let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
+    let (mut ones, mut vias) = (Vec::new(), Vec::new());
+    for round in 1..=3 {
+        let (one, single_cpu) = run(&single.base, &[&single]);
+        report(&format!("round {round}: 1 node"), &one);
+        let (via_one, cluster_cpu) = run(&nodes[0].base, &cluster);
+        report(
+            &format!("round {round}: 3 nodes, RF 3, all load to one node"),
+            &via_one,
+        );
+        // CPU time per point is what the three nodes add up to on shared cores.
+        let total: f64 = cluster_cpu.iter().sum();
+        println!(
+            "round {round}: CPU per point: 1 node {:.2} us; 3 nodes {:.2} us (entry node {:.2}, followers {:.2} and {:.2}): {:.2}x",
+            us(single_cpu[0]),
+            us(total),
+            us(cluster_cpu[0]),
+            us(cluster_cpu[1]),
+            us(cluster_cpu[2]),
+            total / single_cpu[0]
+        );
+        ratios.push(via_one.points_per_second / one.points_per_second);
+        cpu_ratios.push(total / single_cpu[0]);
+        ones.push(one.points_per_second);
+        vias.push(via_one.points_per_second);
+    }
+    drop(single);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let one_median = median(&mut ones);
+    println!(
+        "median of 3 rounds: 1 node {:.0} points/s; 3 nodes RF 3 via one node {:.0} points/s; ratio {:.2} (rounds: {}); cluster CPU per point {:.2}x the single node's",
+        one_median,
+        median(&mut vias),
+        median(&mut ratios.clone()),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        median(&mut cpu_ratios)
+    );
     let spread = rt.block_on(async {
         let runs = nodes.iter().enumerate().map(|(i, n)| {
             let a = LoadArgs {
@@ -74,9 +132,8 @@ fn main() {
     let p99 = spread.iter().map(|s| s.latency_ms_p99).fold(0.0, f64::max);
     println!("3 nodes, RF 3, load spread over all three (2 connections each): {total:.0} points/s, worst request p99 {p99:.1} ms");
     println!(
-        "ratio to one node: {:.2} (one entry node), {:.2} (spread)",
-        via_one.points_per_second / one.points_per_second,
-        total / one.points_per_second
+        "ratio of the spread load to the single node's median: {:.2}",
+        total / one_median
     );
     drop(nodes);
 

@@ -35,9 +35,16 @@ fn ready_addr(child: &mut Child) -> String {
     panic!("the node exited before it was ready");
 }
 
+/// The node binary: this build's, or `PULSEBOARD_BENCH_BIN` (to compare two builds on the
+/// same machine: run the bench once with each).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("PULSEBOARD_BENCH_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_pulseboard").into(), Into::into)
+}
+
 pub async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
+    let mut child = Command::new(binary())
         .args([
             "serve",
             "--http",
@@ -116,7 +123,7 @@ pub fn start_cluster_node(
     join: Option<&str>,
     extra: &[&str],
 ) -> ClusterNode {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulseboard"));
+    let mut cmd = Command::new(binary());
     cmd.args([
         "serve",
         "--http",
