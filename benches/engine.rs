@@ -28,7 +28,7 @@ fn points(n: usize, series: usize, start_ms: i64, step_ms: i64, offset: usize) -
                 timestamp_ms: start_ms + (k / series) as i64 * step_ms,
                 // A slowly varying gauge, as real metrics are.
                 value: 100.0 + ((k / series) % 50) as f64 * 0.25 + (s % 7) as f64,
-                dimensions: vec![("host".into(), format!("host-{s}"))],
+                dimensions: vec![("host".into(), format!("host-{s}").into())],
             }
         })
         .collect()

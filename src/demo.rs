@@ -58,13 +58,13 @@ fn daily(ts_ms: i64, peak_hour: f64) -> f64 {
 }
 
 fn dp(metric: &str, ts: i64, value: f64, dims: &[(&str, &str)]) -> DataPoint {
-    let mut dimensions: Vec<(String, String)> = dims
+    let mut dimensions: protocol::Dimensions = dims
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect();
     dimensions.sort();
     DataPoint {
-        metric: metric.to_owned(),
+        metric: metric.into(),
         timestamp_ms: ts,
         value,
         dimensions,

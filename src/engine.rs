@@ -778,7 +778,7 @@ mod tests {
                 metric: "orders".into(),
                 timestamp_ms: now - i,
                 value: 1.0,
-                dimensions: vec![("host".into(), format!("h{i}"))],
+                dimensions: vec![("host".into(), format!("h{i}").into())],
             })
             .collect();
         let (engine, node) = open(dir.path()).await;

@@ -70,7 +70,7 @@ impl Admission {
         }
         for (p, h) in points.iter().zip(hashes) {
             if self.known.insert(*h) {
-                *self.per_metric.entry(p.metric.clone()).or_insert(0) += 1;
+                *self.per_metric.entry(p.metric.to_string()).or_insert(0) += 1;
             }
         }
         Ok(())

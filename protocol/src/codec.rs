@@ -85,10 +85,13 @@ mod tests {
             proptest::collection::vec(("[a-z]{1,8}", ".{0,16}"), 0..4),
         )
             .prop_map(|(metric, ts, value, dims)| DataPoint {
-                metric,
+                metric: metric.into(),
                 timestamp_ms: ts,
                 value,
-                dimensions: dims,
+                dimensions: dims
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
             });
         (
             any::<u32>(),

@@ -198,13 +198,13 @@ impl RawPoint {
                 let mut out = Vec::with_capacity(pairs.len());
                 for (k, v) in pairs {
                     let v = v.map_err(|r| err(&format!("dimensions.{k}"), r))?;
-                    out.push((k, v));
+                    out.push((k.into(), v.into()));
                 }
                 normalize_dimensions(out, limits).map_err(|r| err("dimensions", r))?
             }
         };
         Ok(DataPoint {
-            metric,
+            metric: metric.into(),
             timestamp_ms,
             value,
             dimensions: dims,
@@ -646,7 +646,7 @@ mod tests {
                 prop_assert_eq!(&got.metric, m);
                 prop_assert_eq!(got.timestamp_ms, *t);
                 prop_assert_eq!(got.value, *v);
-                let want: Vec<(String, String)> = d.clone().into_iter().collect();
+                let want: crate::Dimensions = d.iter().map(|(k, v)| (k.into(), v.into())).collect();
                 prop_assert_eq!(&got.dimensions, &want);
             }
         }

@@ -20,4 +20,4 @@ pub mod point;
 pub mod time;
 
 pub use batch::ShardBatch;
-pub use point::{DataPoint, Dimensions, Limits, PointError};
+pub use point::{DataPoint, Dimensions, Limits, Name, PointError};

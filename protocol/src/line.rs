@@ -14,7 +14,9 @@
 
 use std::borrow::Cow;
 
-use crate::point::{normalize_dimensions, validate_metric_name, DataPoint, Limits};
+use crate::point::{
+    normalize_dimensions, validate_metric_name, DataPoint, Dimensions, Limits, Name,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Precision {
@@ -193,7 +195,7 @@ fn parse_line(
         return Err("missing measurement".into());
     }
     // Tags.
-    let mut tags: Vec<(String, String)> = Vec::new();
+    let mut tags: Dimensions = Vec::new();
     let mut pos = m_end;
     while pos < b.len() && b[pos] == b',' {
         let start = pos + 1;
@@ -207,7 +209,7 @@ fn parse_line(
         if k.is_empty() || v.is_empty() {
             return Err(format!("tag {pair:?} has an empty key or value"));
         }
-        tags.push((unescape(k).into_owned(), unescape(v).into_owned()));
+        tags.push((Name::from(unescape(k)), Name::from(unescape(v))));
         pos = end;
     }
     if pos >= b.len() {
@@ -270,7 +272,7 @@ fn parse_line(
         match value {
             Field::Str => out.ignored_string_fields += 1,
             Field::Number(v) => {
-                let mut metric = String::with_capacity(measurement.len() + 1 + key.len());
+                let mut metric = Name::with_capacity(measurement.len() + 1 + key.len());
                 metric.push_str(&measurement);
                 metric.push('.');
                 metric.push_str(&key);
@@ -419,7 +421,7 @@ mod tests {
                 prop_assert_eq!(&p.metric, &format!("{m}.{f}"));
                 prop_assert_eq!(p.value, *v);
                 prop_assert_eq!(p.timestamp_ms, *ts);
-                let want: Vec<(String, String)> = tags.clone().into_iter().collect();
+                let want: Dimensions = tags.iter().map(|(k, v)| (k.into(), v.into())).collect();
                 prop_assert_eq!(&p.dimensions, &want);
             }
         }

@@ -37,7 +37,7 @@ impl Default for Layout {
 /// One series: a metric plus one exact set of dimensions.
 #[derive(Serialize, Deserialize)]
 pub struct Series {
-    pub metric: String,
+    pub metric: protocol::Name,
     pub dimensions: Dimensions,
     pub ring: Ring,
     pub rollups: Vec<Rollup>,
@@ -304,7 +304,7 @@ impl ShardState {
             }
         }
         self.by_metric
-            .entry(series.metric.clone())
+            .entry(series.metric.to_string())
             .or_default()
             .push(id);
         self.series.push(series);
@@ -337,9 +337,9 @@ impl ShardState {
         let mut out: HashMap<String, HashMap<String, u64>> = HashMap::new();
         for &id in self.by_metric.get(metric).map(Vec::as_slice).unwrap_or(&[]) {
             for (k, v) in &self.series[id as usize].dimensions {
-                *out.entry(k.clone())
+                *out.entry(k.to_string())
                     .or_default()
-                    .entry(v.clone())
+                    .entry(v.to_string())
                     .or_default() += 1;
             }
         }
@@ -560,7 +560,7 @@ mod tests {
     fn point(metric: &str, ts: i64, v: f64, dims: &[(&str, &str)]) -> DataPoint {
         let mut d: Dimensions = dims
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         d.sort();
         DataPoint {

@@ -53,7 +53,7 @@ impl Watchers {
         let base = (batch.received_ms.max(0) as u64) << 21;
         let mut out: HashMap<u64, (Arc<Watch>, Partial)> = HashMap::new();
         for (pos, p) in batch.points.iter().enumerate() {
-            let Some(list) = self.by_metric.get(&p.metric) else {
+            let Some(list) = self.by_metric.get(p.metric.as_str()) else {
                 continue;
             };
             let seq = base | (pos as u64 & 0x1F_FFFF);
