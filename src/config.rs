@@ -31,6 +31,10 @@ pub struct Config {
     pub quic: SocketAddr,
     pub data_dir: PathBuf,
     pub join: Option<SocketAddr>,
+    /// Start without founding a cluster and wait for a member to add this node
+    /// (`POST /api/v1/cluster/nodes`, `pulseboard cluster add`); ignored once the node is a
+    /// member (its data directory says so) or when `join` is set.
+    pub await_join: bool,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
@@ -129,6 +133,7 @@ impl Default for Config {
             quic: SocketAddr::from(([127, 0, 0, 1], 8081)),
             data_dir: PathBuf::from("./pulseboard-data"),
             join: None,
+            await_join: false,
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
             auth: AuthConfig::default(),

@@ -263,7 +263,7 @@ impl Engine {
         .await
         .map_err(|e| Error::Storage(format!("metadata group: start its Raft: {e}")))?;
         node.router.insert(META_GROUP, Arc::new(meta_raft.clone()));
-        let founding = config.join.is_none();
+        let founding = config.join.is_none() && !config.await_join;
         let mut fresh = !found(&meta_raft, META_GROUP, node_id, &me, founding).await?;
         for (shard, raft) in groups.iter().enumerate() {
             fresh &= !found(raft, shard as u32, node_id, &me, founding).await?;
@@ -285,6 +285,17 @@ impl Engine {
         match config.join {
             Some(peer) if fresh => {
                 info!(%peer, "joining the cluster");
+                groups.join_via(peer, &me).await?;
+            }
+            None if fresh && config.await_join => {
+                // The HTTP API starts once the node is a member (its users are the cluster's).
+                info!(
+                    quic = %me.quic,
+                    "waiting to be added: `pulseboard cluster add {}` against a member",
+                    me.quic
+                );
+                let peer = node.await_invite().await?;
+                info!(%peer, "invited; joining the cluster");
                 groups.join_via(peer, &me).await?;
             }
             _ => groups.wait_for_leaders(Duration::from_secs(30)).await?,

@@ -90,6 +90,7 @@ pub fn router(state: Shared) -> Router {
         .route("/alerts/{id}", put(alerts::update).delete(alerts::delete))
         .route("/ws", get(ws::upgrade))
         .route("/cluster", get(ops::cluster))
+        .route("/cluster/nodes", post(ops::add_node))
         .route("/cluster/nodes/{id}", delete(ops::remove_node))
         .route("/openapi.json", get(openapi))
         .fallback(not_found);

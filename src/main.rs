@@ -48,13 +48,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
+    /// Add a node started with `serve --await-join` (and this cluster's secret): it joins
+    /// through the node the command talks to. (A node can also join by itself: start it
+    /// with `--join <a member's QUIC address>`.)
+    Add {
+        /// The new node's QUIC address, as the cluster's nodes can reach it.
+        quic_addr: SocketAddr,
+        #[command(flatten)]
+        remote: pulseboard::remote::Remote,
+    },
     /// Show the nodes, the metadata leader and every shard's leader and replicas.
     Show {
         #[command(flatten)]
         remote: pulseboard::remote::Remote,
     },
     /// Remove a node from every Raft group (a learner takes its vote where there is one);
-    /// stop it afterwards. Nodes are added by starting them with `--join`.
+    /// stop it afterwards.
     Remove {
         /// The node's id (see `pulseboard cluster show`).
         node: u64,
@@ -83,6 +92,10 @@ struct ServeArgs {
     /// QUIC address of a node of the cluster to join.
     #[arg(long, env = "PULSEBOARD_JOIN")]
     join: Option<SocketAddr>,
+    /// Found no cluster: wait until a member adds this node (`pulseboard cluster add
+    /// <this node's QUIC address>`, or `POST /api/v1/cluster/nodes`).
+    #[arg(long, env = "PULSEBOARD_AWAIT_JOIN", conflicts_with = "join")]
+    await_join: bool,
     /// The secret shared by the cluster's nodes [default: generated on first start into
     /// <data-dir>/cluster.secret].
     #[arg(long, env = "PULSEBOARD_CLUSTER_SECRET", hide_env_values = true)]
@@ -190,6 +203,12 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let (request, remote) = match &command {
         ClusterCommand::Show { remote } => (client.get(remote.endpoint("/api/v1/cluster")), remote),
+        ClusterCommand::Add { quic_addr, remote } => (
+            client
+                .post(remote.endpoint("/api/v1/cluster/nodes"))
+                .json(&serde_json::json!({ "quic_addr": quic_addr.to_string() })),
+            remote,
+        ),
         ClusterCommand::Remove { node, remote } => (
             client.delete(remote.endpoint(&format!("/api/v1/cluster/nodes/{node}"))),
             remote,
@@ -240,6 +259,9 @@ async fn serve(mut args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     }
     if let Some(v) = args.join {
         config.join = Some(v);
+    }
+    if args.await_join {
+        config.await_join = true;
     }
     if let Some(v) = args.advertise {
         config.cluster.advertise = Some(v);

@@ -10,9 +10,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use cluster::raft::Router;
-use cluster::transport::{Reply, Service, Transport, TransportConfig};
+use cluster::transport::{Reply, Service, Transport, TransportConfig, TransportError};
 use protocol::cluster::{Channel, Request, Response};
 use serde::Serialize;
 
@@ -108,10 +109,36 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 struct NodeService {
     router: Arc<Router>,
     groups: Arc<OnceLock<Arc<RaftGroups>>>,
+    invite: Invite,
 }
+
+/// Where an invitation goes while this node waits for one (`--await-join`).
+type Invite = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<SocketAddr>>>>;
 
 fn refuse(message: String, retry: bool) -> Reply {
     Box::pin(async move { Response::Err { message, retry } })
+}
+
+impl NodeService {
+    /// A member asks this node to join through it: accepted once, and only while the node
+    /// waits for it.
+    fn invited(&self, body: &[u8]) -> Reply {
+        let addr = match protocol::codec::decode::<String>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|a| a.parse::<SocketAddr>().map_err(|e| format!("{a:?}: {e}")))
+        {
+            Ok(a) => a,
+            Err(e) => return refuse(format!("malformed invitation: {e}"), false),
+        };
+        let waiting = self.invite.lock().ok().and_then(|mut w| w.take());
+        match waiting.map(|tx| tx.send(addr)) {
+            Some(Ok(())) => Box::pin(async { Response::Ok(Vec::new()) }),
+            _ => refuse(
+                "this node is not waiting to be added: it already founded or joined a cluster (start a new node with --await-join)".into(),
+                false,
+            ),
+        }
+    }
 }
 
 impl Service for NodeService {
@@ -121,6 +148,9 @@ impl Service for NodeService {
             Channel::RaftAppend | Channel::RaftVote | Channel::RaftSnapshot
         ) {
             return self.router.serve(request);
+        }
+        if request.channel == Channel::Invite {
+            return self.invited(&request.body);
         }
         let Some(groups) = self.groups.get().cloned() else {
             return refuse("this node is starting; retry".into(), true);
@@ -219,6 +249,7 @@ pub struct Membership {
     groups: Arc<OnceLock<Arc<RaftGroups>>>,
     http_addr: SocketAddr,
     advertise: Option<SocketAddr>,
+    invite: Invite,
 }
 
 /// `GET /api/v1/cluster` (SPEC §3).
@@ -252,11 +283,13 @@ impl Membership {
             Identity::load_or_create(&config.data_dir, config.cluster.secret.as_deref())?;
         let router = Arc::new(Router::default());
         let groups = Arc::new(OnceLock::new());
+        let invite = Invite::default();
         let transport = Transport::start(
             TransportConfig::new(config.quic, identity.node_id, identity.secret.clone()),
             Arc::new(NodeService {
                 router: router.clone(),
                 groups: groups.clone(),
+                invite: invite.clone(),
             }),
         )
         .map_err(|e| Error::Storage(e.to_string()))?;
@@ -267,6 +300,7 @@ impl Membership {
             groups,
             http_addr,
             advertise: config.cluster.advertise,
+            invite,
         })
     }
 
@@ -299,6 +333,61 @@ impl Membership {
                 meta_leader: 0,
                 shards: Vec::new(),
             },
+        }
+    }
+
+    /// Waits until a member invites this node (see [`Membership::invite`]); answers the
+    /// member's QUIC address, to join through.
+    pub async fn await_invite(&self) -> Result<SocketAddr> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut w) = self.invite.lock() {
+            *w = Some(tx);
+        }
+        rx.await
+            .map_err(|_| Error::Internal("the invitation channel closed".into()))
+    }
+
+    /// Asks the node at `addr` (started with `--await-join` and this cluster's secret) to
+    /// join the cluster through this node, then waits up to `within` until it is a member;
+    /// answers it as `GET /api/v1/cluster` shows it, or `None` if it is still joining.
+    pub async fn invite(&self, addr: SocketAddr, within: Duration) -> Result<Option<NodeView>> {
+        let unreachable = |e: TransportError| {
+            Error::Unavailable(format!(
+                "no node of this cluster answered at {addr} (is it running, with --await-join and this cluster's secret?): {e}"
+            ))
+        };
+        // The handshake names the node: it is a member once the view lists that id.
+        let id = self.transport.ping(addr).await.map_err(unreachable)?;
+        let me = self.member().quic;
+        let body = protocol::codec::encode(&me).map_err(|e| Error::Internal(e.to_string()))?;
+        let request = Request {
+            channel: Channel::Invite,
+            group: 0,
+            body,
+        };
+        match self
+            .transport
+            .call_within(addr, &request, Duration::from_secs(10))
+            .await
+        {
+            Ok(_) => {}
+            Err(TransportError::Remote { message, .. }) => {
+                return Err(Error::Meta(crate::meta::MetaError::Conflict(format!(
+                    "the node at {addr} refused: {message}"
+                ))))
+            }
+            Err(e) => return Err(unreachable(e)),
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let view = self.view().await;
+            if let Some(n) = view.nodes.into_iter().find(|n| n.id == id && n.alive) {
+                return Ok(Some(n));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

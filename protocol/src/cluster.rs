@@ -85,6 +85,10 @@ pub enum Channel {
     /// watched query's result as of registration, each later one a delta of an applied
     /// batch; the caller ends it by closing the stream).
     Watch,
+    /// A member asks a node started with `--await-join` to join the cluster through it: the
+    /// body is the member's QUIC address (a `String`); the answer is empty once the node set
+    /// out to join, an error if it is not waiting (it founded or joined a cluster already).
+    Invite,
 }
 
 impl Channel {

@@ -1,12 +1,13 @@
 //! `/healthz` (the process answers), `/readyz` (storage recovered and accepting writes),
 //! `/metrics` (Prometheus text format), `/api/v1/cluster` (members and shard placement).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
-use super::{ApiResult, Auth, Shared};
+use super::{json_body, read_body, ApiResult, Auth, Shared};
+use crate::error::Error;
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -40,6 +41,41 @@ pub async fn cluster(
     _auth: Auth,
 ) -> Json<crate::membership::ClusterView> {
     Json(state.membership.view().await)
+}
+
+/// `POST /api/v1/cluster/nodes` (admin) with `{"quic_addr": "host:port"}`: the node there,
+/// started with `serve --await-join` and this cluster's secret, joins through this node and
+/// takes its share of the shards. `201` with the node as `GET /api/v1/cluster` lists it once
+/// it is a member; `202` if it is still joining after 60 s.
+pub async fn add_node(
+    State(state): State<Shared>,
+    Auth(p): Auth,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    p.require(crate::meta::Action::ManageCluster)?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AddNode {
+        quic_addr: String,
+    }
+    let body: AddNode = json_body(&read_body(req.into_body(), 4096).await?)?;
+    let addr: std::net::SocketAddr = body.quic_addr.parse().map_err(|e| {
+        Error::BadRequest(format!(
+            "body: quic_addr {:?} is not an IP address and port: {e}",
+            body.quic_addr
+        ))
+    })?;
+    match state
+        .membership
+        .invite(addr, std::time::Duration::from_secs(60))
+        .await?
+    {
+        Some(node) => Ok((StatusCode::CREATED, Json(serde_json::json!(node)))),
+        None => Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"quic_addr": addr.to_string(), "status": "joining"})),
+        )),
+    }
 }
 
 /// `DELETE /api/v1/cluster/nodes/{id}` (admin): the node stops being a replica of every group

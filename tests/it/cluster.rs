@@ -685,3 +685,77 @@ async fn a_live_query_follows_its_remote_shards_across_a_node_kill() {
     live_until(&mut ws, &mut live, &want).await;
     assert_eq!(live, want);
 }
+
+#[tokio::test]
+async fn a_node_awaiting_an_invitation_is_added_through_the_api() {
+    let root = tempfile::tempdir().unwrap();
+    let first = cluster_node(&root.path().join("n0"), &free_quic_addr(), None).await;
+    let add = |quic_addr: serde_json::Value| {
+        let first = &first;
+        async move {
+            first
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/cluster/nodes",
+                    Some(&first.token),
+                    Some(&serde_json::json!({ "quic_addr": quic_addr })),
+                )
+                .await
+        }
+    };
+    let message = |v: &serde_json::Value| v["detail"]["message"].as_str().unwrap_or("").to_owned();
+    let (status, v) = add("nowhere".into()).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(message(&v).contains("quic_addr"), "{v}");
+    // Nobody there.
+    let (status, v) = add(free_quic_addr().into()).await;
+    assert_eq!(status, 503, "{v}");
+    // A node that founded its own cluster (same secret) is not waiting to be added.
+    let founder_quic = free_quic_addr();
+    let founder = cluster_node(&root.path().join("other"), &founder_quic, None).await;
+    let (status, v) = add(founder_quic.clone().into()).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(message(&v).contains("not waiting"), "{v}");
+    drop(founder);
+
+    let before = crate::harness::now_ms() - 60_000;
+    let mut want = std::collections::BTreeMap::new();
+    write_batch(&first, 0, 100, before, &mut want).await;
+    let quic = free_quic_addr();
+    let dir = root.path().join("n1");
+    let waiting = {
+        let (dir, quic) = (dir.clone(), quic.clone());
+        tokio::spawn(async move {
+            Node::start_in(
+                &dir,
+                &["--quic", &quic, "--cluster-secret", SECRET, "--await-join"],
+            )
+            .await
+        })
+    };
+    // The waiting node's endpoint may not be up yet: 503 until it is.
+    let mut answer = None;
+    for _ in 0..100 {
+        let (status, v) = add(quic.clone().into()).await;
+        if status != 503 {
+            answer = Some((status, v));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, v) = answer.expect("the waiting node never answered");
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["quic_addr"], quic.as_str(), "{v}");
+    assert_eq!(v["alive"], true, "{v}");
+    let second = waiting.await.unwrap();
+    // A member now: it reads what was written before it joined and takes writes.
+    write_batch(&second, 1, 100, before, &mut want).await;
+    for n in [&first, &second] {
+        converges(n, &want).await;
+    }
+    let view = every_shard_led(&first).await;
+    assert_eq!(view["nodes"].as_array().unwrap().len(), 2, "{view}");
+    // It is not waiting any more.
+    let (status, v) = add(quic.clone().into()).await;
+    assert_eq!(status, 409, "{v}");
+}
