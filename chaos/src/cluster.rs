@@ -312,6 +312,25 @@ impl Cluster {
         Ok(cut)
     }
 
+    /// The last `max` bytes of every node's log (each node's stdout and stderr, all its runs).
+    pub fn log_tails(&self, max: u64) -> Vec<(usize, String)> {
+        use std::io::{Read, Seek, SeekFrom};
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut text = String::new();
+                if let Ok(mut f) = std::fs::File::open(n.log_path()) {
+                    let len = f.metadata().map_or(0, |m| m.len());
+                    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+                    let mut bytes = Vec::new();
+                    let _ = f.read_to_end(&mut bytes);
+                    text = String::from_utf8_lossy(&bytes).into_owned();
+                }
+                (n.index, text)
+            })
+            .collect()
+    }
+
     pub fn running(&self) -> Vec<usize> {
         self.nodes
             .iter()

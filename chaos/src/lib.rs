@@ -55,19 +55,38 @@ pub async fn run_suite(
             let record = workload.snapshot();
             let checks =
                 checker::check(&cluster, &record, workload.t0_ms, Duration::from_secs(30)).await?;
-            report
-                .checks
-                .push((format!("after fault {}", i + 1), checks));
+            let label = format!("after fault {}", i + 1);
+            keep_logs_if_failed(&cluster, &mut report, &label, &checks);
+            report.checks.push((label, checks));
         }
     }
     workload.stop().await;
     let record = workload.snapshot();
     let checks = checker::check(&cluster, &record, workload.t0_ms, Duration::from_secs(60)).await?;
+    keep_logs_if_failed(&cluster, &mut report, "at the end", &checks);
     report.checks.push(("at the end".into(), checks));
     report.acked_points = record.acked.iter().map(|b| u64::from(b.n)).sum();
     report.uncertain_points = record.uncertain.iter().map(|b| u64::from(b.n)).sum();
     report.attempts = record.attempts;
     Ok(report)
+}
+
+/// A failed check keeps the tail of every node's log in the report.
+fn keep_logs_if_failed(
+    cluster: &Cluster,
+    report: &mut Report,
+    label: &str,
+    checks: &[checker::Check],
+) {
+    if checks.iter().all(checker::Check::ok) {
+        return;
+    }
+    let name = label.replace(' ', "-");
+    for (i, text) in cluster.log_tails(1 << 20) {
+        report
+            .failed_logs
+            .push((format!("{name}-node{i}.log"), text));
+    }
 }
 
 /// The smoke run: three nodes; kill -9 of the leader, a partitioned leader, a paused leader,

@@ -127,6 +127,14 @@ fn main() -> Result<()> {
     let md = report.markdown();
     std::fs::write(cli.out.join("report.md"), &md)?;
     std::fs::write(cli.out.join("timeline.svg"), report.svg())?;
+    if !report.failed_logs.is_empty() {
+        let dir = cli.out.join("logs");
+        std::fs::create_dir_all(&dir)?;
+        for (name, text) in &report.failed_logs {
+            std::fs::write(dir.join(name), text)?;
+        }
+        println!("node logs at the failed checks: {}", dir.display());
+    }
     println!("{md}");
     println!("report written to {}", cli.out.display());
     if !report.ok() {

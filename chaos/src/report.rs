@@ -15,6 +15,9 @@ pub struct Report {
     pub attempts: Vec<Attempt>,
     pub acked_points: u64,
     pub uncertain_points: u64,
+    /// When a check failed: the tail of every node's log at that moment, by file name
+    /// (`<check>-node<i>.log`), so the run can be diagnosed after its nodes are gone.
+    pub failed_logs: Vec<(String, String)>,
 }
 
 fn pick(sorted: &[f64], q: f64) -> f64 {

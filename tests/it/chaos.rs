@@ -12,6 +12,10 @@ async fn acknowledged_writes_survive_leader_faults_and_shards_moving_between_nod
     let report = chaos::smoke(bin).await.expect("the smoke run completes");
     let md = report.markdown();
     println!("{md}");
+    for (name, text) in &report.failed_logs {
+        let from = text.char_indices().rev().nth(20_000).map_or(0, |(i, _)| i);
+        println!("--- {name} (tail)\n{}", &text[from..]);
+    }
     assert!(report.ok(), "{md}");
     assert_eq!(report.outcomes.len(), 4);
     assert!(report.acked_points > 0, "{md}");
