@@ -490,14 +490,7 @@ async fn a_fourth_node_takes_a_share_of_the_shards_and_a_removed_node_is_drained
         .min_by_key(|&i| per[&id_of(&nodes[i])])
         .unwrap();
     assert!(per[&id_of(&nodes[few])] < shards, "{view}");
-    let mut ws = crate::live::connect(&nodes[few], &nodes[few].token).await;
-    crate::live::send(
-        &mut ws,
-        serde_json::json!({"type": "subscribe", "id": "c", "query": {
-            "metric": "events", "aggregation": "count", "granularity": "1s",
-            "window": "10m", "group_by": "batch"}}),
-    )
-    .await;
+    let mut ws = count_by_batch(&nodes[few]).await;
     let mut live = std::collections::BTreeMap::new();
     live_until(&mut ws, &mut live, &want).await;
 
@@ -573,6 +566,19 @@ async fn a_fourth_node_takes_a_share_of_the_shards_and_a_removed_node_is_drained
         converges(n, &want).await;
     }
     live_until(&mut ws, &mut live, &want).await;
+}
+
+/// A WebSocket on `node` subscribed to the count of `events` points per batch.
+async fn count_by_batch(node: &Node) -> crate::live::Ws {
+    let mut ws = crate::live::connect(node, &node.token).await;
+    crate::live::send(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "id": "c", "query": {
+            "metric": "events", "aggregation": "count", "granularity": "1s",
+            "window": "10m", "group_by": "batch"}}),
+    )
+    .await;
+    ws
 }
 
 /// Reads live messages, keeping window totals per `batch`, until they equal `want`.
@@ -662,14 +668,7 @@ async fn a_live_query_follows_its_remote_shards_across_a_node_kill() {
     let base = crate::harness::now_ms() - 60_000;
     let mut want = std::collections::BTreeMap::new();
     write_batch(&nodes[watcher], 0, 100, base, &mut want).await;
-    let mut ws = crate::live::connect(&nodes[watcher], &nodes[watcher].token).await;
-    crate::live::send(
-        &mut ws,
-        serde_json::json!({"type": "subscribe", "id": "k", "query": {
-            "metric": "events", "aggregation": "count", "granularity": "1s",
-            "window": "10m", "group_by": "batch"}}),
-    )
-    .await;
+    let mut ws = count_by_batch(&nodes[watcher]).await;
     let mut live = std::collections::BTreeMap::new();
     live_until(&mut ws, &mut live, &want).await;
 
