@@ -90,12 +90,14 @@ fn keep_logs_if_failed(
 }
 
 /// The smoke run: three nodes; kill -9 of the leader, a partitioned leader, a paused leader,
-/// then a fourth node joining and one of the first three removed; the checker after each.
+/// a follower whose log tail is cut, then a fourth node joining and one of the first three
+/// removed; the checker after each.
 pub async fn smoke(bin: &Path) -> Result<Report> {
     let faults = [
         Fault::KillLeader,
         Fault::PartitionLeader,
         Fault::PauseLeader,
+        Fault::TruncatedLog,
         Fault::Rebalance,
     ];
     run_suite(

@@ -30,12 +30,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Four faults (kill -9 leader, partitioned leader, paused leader, a node joining and
-    /// another leaving), checked after each.
+    /// Five faults (kill -9 leader, partitioned leader, paused leader, a follower's log tail
+    /// cut, a node joining and another leaving), checked after each.
     Smoke,
     /// Only leader kills (for the failover figures).
     Kills {
         #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
+    /// One fault, again and again, checked after each (to chase one fault's bug).
+    Repeat {
+        fault: Fault,
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
     /// Every fault once, then leader kills, then random faults.
@@ -88,6 +94,21 @@ fn main() -> Result<()> {
                     rounds,
                     Options::default(),
                     |_| (Fault::KillLeader, Duration::from_secs(2)),
+                    progress,
+                )
+                .await
+            }
+            Command::Repeat { fault, rounds } => {
+                chaos::run_suite(
+                    &bin,
+                    chaos::Size {
+                        nodes: 3,
+                        spare: usize::from(fault == Fault::Rebalance) * rounds,
+                    },
+                    rounds,
+                    1,
+                    Options::default(),
+                    |_| (fault, Duration::from_secs(4)),
                     progress,
                 )
                 .await

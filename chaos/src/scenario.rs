@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::relay::LinkFault;
 use crate::workload::{Attempt, Workload};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
     /// `kill -9` of the node leading the most shards; restarted after the hold.
     KillLeader,
