@@ -38,6 +38,9 @@ fn report(label: &str, s: &Summary) {
     );
 }
 
+/// Rounds of single node against cluster; the figures are medians.
+const ROUNDS: usize = 5;
+
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("machine: {cores} cores shared by every node and the load generator");
@@ -45,7 +48,7 @@ fn main() {
     let points = 2_000_000;
 
     let dir = tempfile::tempdir().unwrap();
-    // The single node and the cluster run side by side and take turns: three rounds of each,
+    // The single node and the cluster run side by side and take turns: five rounds of each,
     // alternating, so a change in the machine's other load hits both alike; the figures
     // are the medians. The idle side costs a few percent of a core (see the idle figure).
     let single = start_cluster_node(&dir.path().join("single"), &free_quic(), None, &[]);
@@ -76,7 +79,7 @@ fn main() {
     let us = |cpu: f64| cpu / points as f64 * 1e6;
     let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
     let (mut ones, mut vias) = (Vec::new(), Vec::new());
-    for round in 1..=3 {
+    for round in 1..=ROUNDS {
         let (one, single_cpu) = run(&single.base, &[&single]);
         report(&format!("round {round}: 1 node"), &one);
         let (via_one, cluster_cpu) = run(&nodes[0].base, &cluster);
@@ -107,7 +110,7 @@ fn main() {
     };
     let one_median = median(&mut ones);
     println!(
-        "median of 3 rounds: 1 node {:.0} points/s; 3 nodes RF 3 via one node {:.0} points/s; ratio {:.2} (rounds: {}); cluster CPU per point {:.2}x the single node's",
+        "median of {ROUNDS} rounds: 1 node {:.0} points/s; 3 nodes RF 3 via one node {:.0} points/s; ratio {:.2} (rounds: {}); cluster CPU per point {:.2}x the single node's",
         one_median,
         median(&mut vias),
         median(&mut ratios.clone()),

@@ -43,12 +43,17 @@ pub trait EncodedEntry {
     fn encoded(&self) -> Result<std::sync::Arc<[u8]>, protocol::codec::CodecError>;
     /// Keeps `bytes` (this entry's encoding, as received) with the payload.
     fn keep(&self, bytes: std::sync::Arc<[u8]>);
+    /// Decodes an entry [`EncodedEntry::encoded`] wrote, its payload through the payload's
+    /// own decoder (see `protocol::codec::EntryBytes::decode_payload`).
+    fn decode(bytes: &[u8]) -> Result<Self, protocol::codec::CodecError>
+    where
+        Self: Sized;
 }
 
 impl<C> EncodedEntry for openraft::Entry<C>
 where
     C: openraft::RaftTypeConfig,
-    C::D: protocol::codec::EntryBytes,
+    C::D: protocol::codec::EntryBytes + serde::de::DeserializeOwned,
 {
     fn encoded(&self) -> Result<std::sync::Arc<[u8]>, protocol::codec::CodecError> {
         use protocol::codec::EntryBytes;
@@ -71,6 +76,22 @@ where
         if let openraft::EntryPayload::Normal(data) = &self.payload {
             data.keep_entry_bytes(bytes);
         }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, protocol::codec::CodecError> {
+        use protocol::codec::{decode_with_len, EntryBytes};
+        // An entry is its log id, then its payload as an enum: the variant's index, then the
+        // variant's fields. `Normal` (index 1) holds application data.
+        const NORMAL: u32 = 1;
+        let ((log_id, variant), head): ((openraft::LogId<C::NodeId>, u32), usize) =
+            decode_with_len(bytes)?;
+        if variant != NORMAL {
+            return protocol::codec::decode(bytes);
+        }
+        Ok(openraft::Entry {
+            log_id,
+            payload: openraft::EntryPayload::Normal(C::D::decode_payload(&bytes[head..])?),
+        })
     }
 }
 

@@ -44,6 +44,10 @@ impl PartialEq for EncodedEntry {
 }
 
 impl crate::codec::EntryBytes for ShardBatch {
+    fn decode_payload(bytes: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode_shard_batch(bytes)
+    }
+
     fn entry_bytes(&self, log_id_prefix: &[u8]) -> Option<Arc<[u8]>> {
         let cached = self.encoded.0.lock().unwrap_or_else(|p| p.into_inner());
         cached

@@ -146,7 +146,7 @@ where
                 .read(self.group, start..disk_end)
                 .map_err(|e| e.to_string())?
             {
-                let entry: C::Entry = protocol::codec::decode(&bytes)
+                let entry = C::Entry::decode(&bytes)
                     .map_err(|e| format!("entry {index} of group {}: {e}", self.group))?;
                 // Read back to replicate to a lagging follower: sent as read.
                 entry.keep(bytes.into());

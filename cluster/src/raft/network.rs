@@ -462,7 +462,7 @@ where
     )?;
     let mut entries = Vec::new();
     while let Some(bytes) = next()? {
-        let entry: C::Entry = codec::decode(bytes)?;
+        let entry = C::Entry::decode(bytes)?;
         entry.keep(bytes.into());
         entries.push(entry);
     }

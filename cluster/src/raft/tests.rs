@@ -314,6 +314,29 @@ fn an_entry_is_encoded_once_and_its_bytes_travel_with_it() {
     for (got, sent) in back.entries.iter().zip(&rpc.entries) {
         assert_eq!(got.encoded().expect("kept"), sent.encoded().expect("kept"));
     }
+    // Every kind of entry decodes as serde would decode it: the batch through its own
+    // decoder, the others through serde.
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(3, 2), 9);
+    let kinds: Vec<openraft::Entry<BatchConfig>> = vec![
+        rpc.entries[0].clone(),
+        openraft::Entry {
+            log_id,
+            payload: EntryPayload::Blank,
+        },
+        openraft::Entry {
+            log_id,
+            payload: EntryPayload::Membership(openraft::Membership::new(
+                vec![std::collections::BTreeSet::from([1, 2, 3])],
+                None,
+            )),
+        },
+    ];
+    for entry in kinds {
+        let bytes = protocol::codec::encode(&entry).expect("encode");
+        let back = openraft::Entry::<BatchConfig>::decode(&bytes).expect("decode");
+        assert_eq!(back, entry);
+        assert!(openraft::Entry::<BatchConfig>::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
     // A cut or garbled body is an error, never a panic.
     for cut in 0..body.len() {
         let _ = super::decode_append::<BatchConfig>(&body[..cut]);
