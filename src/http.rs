@@ -4,6 +4,7 @@
 
 mod alerts;
 mod auth;
+mod compat;
 mod dashboards;
 mod ingest;
 mod ops;
@@ -45,6 +46,7 @@ pub fn router(state: Shared) -> Router {
     let api = Router::new()
         .route("/ingest", post(ingest::ingest_json))
         .route("/write", post(ingest::write_line_protocol))
+        .route("/prom/write", post(compat::prom_write))
         .route("/metrics", get(query::list_metrics))
         .route("/metrics/{metric}/dimensions", get(query::dimensions))
         .route("/metrics/{metric}/data", get(query::data))
@@ -101,6 +103,10 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::prometheus))
+        // Where InfluxDB 1.x and 2.x clients (Telegraf, the official libraries) write.
+        .route("/write", post(compat::influx_v1_write))
+        .route("/api/v2/write", post(compat::influx_v2_write))
+        .route("/ping", get(compat::ping).head(compat::ping))
         .fallback(not_found)
         // Bodies are read with our own limit so the 413 has our JSON shape.
         .layer(DefaultBodyLimit::disable())
@@ -133,29 +139,31 @@ impl<E: Into<Error>> From<E> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let err = self.0;
-        let status =
-            StatusCode::from_u16(err.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(cause = %err, "request failed");
-        }
-        let mut resp = (
-            status,
-            Json(json!({"error": err.kind(), "detail": err.detail()})),
-        )
-            .into_response();
-        if let Some(secs) = err.retry_after() {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"pulseboard\""),
-            );
-        }
-        resp
+        let body = json!({"error": self.0.kind(), "detail": self.0.detail()});
+        error_response(&self.0, body)
     }
+}
+
+/// `err`'s status and headers (`Retry-After`, `WWW-Authenticate`) with `body`: our error
+/// shape, or another API's (InfluxDB clients read theirs).
+pub fn error_response(err: &Error, body: serde_json::Value) -> Response {
+    let status =
+        StatusCode::from_u16(err.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(cause = %err, "request failed");
+    }
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(secs) = err.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"pulseboard\""),
+        );
+    }
+    resp
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

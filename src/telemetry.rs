@@ -17,6 +17,8 @@ use crate::shard::ShardStats;
 pub enum Protocol {
     Json,
     Line,
+    /// Prometheus remote write.
+    Prom,
 }
 
 impl Protocol {
@@ -24,6 +26,7 @@ impl Protocol {
         match self {
             Protocol::Json => "json",
             Protocol::Line => "line",
+            Protocol::Prom => "prom",
         }
     }
 }
@@ -93,6 +96,7 @@ const REASONS: [&str; 6] = [
 pub struct Telemetry {
     json: ProtocolCounters,
     line: ProtocolCounters,
+    prom: ProtocolCounters,
     rejected_requests: [AtomicU64; REASONS.len()],
     query_latency: Histogram,
 }
@@ -102,6 +106,7 @@ impl Telemetry {
         match p {
             Protocol::Json => &self.json,
             Protocol::Line => &self.line,
+            Protocol::Prom => &self.prom,
         }
     }
 
@@ -143,7 +148,7 @@ impl Telemetry {
             "# HELP pulseboard_ingest_points_total Points acknowledged (durable and applied)."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_points_total counter");
-        for p in [Protocol::Json, Protocol::Line] {
+        for p in [Protocol::Json, Protocol::Line, Protocol::Prom] {
             let c = self.proto(p);
             let _ = writeln!(
                 w,
@@ -157,7 +162,7 @@ impl Telemetry {
             "# HELP pulseboard_ingest_requests_total Ingest requests by outcome."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_requests_total counter");
-        for p in [Protocol::Json, Protocol::Line] {
+        for p in [Protocol::Json, Protocol::Line, Protocol::Prom] {
             let c = self.proto(p);
             let _ = writeln!(
                 w,
@@ -189,7 +194,7 @@ impl Telemetry {
             "# HELP pulseboard_ingest_request_seconds Time from request to acknowledgement."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_request_seconds histogram");
-        for p in [Protocol::Json, Protocol::Line] {
+        for p in [Protocol::Json, Protocol::Line, Protocol::Prom] {
             self.proto(p).latency.render(
                 w,
                 "pulseboard_ingest_request_seconds",

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod json;
 pub mod line;
 pub mod point;
+pub mod prom;
 pub mod time;
 
 pub use batch::ShardBatch;

@@ -25,6 +25,9 @@ pub enum Precision {
     Us,
     Ms,
     S,
+    /// Minutes and hours: InfluxDB 1.x's `/write` accepts them.
+    M,
+    H,
 }
 
 impl std::str::FromStr for Precision {
@@ -36,7 +39,11 @@ impl std::str::FromStr for Precision {
             "us" | "u" | "µs" => Ok(Precision::Us),
             "ms" => Ok(Precision::Ms),
             "s" => Ok(Precision::S),
-            other => Err(format!("{other:?} is not a precision; use ns, us, ms or s")),
+            "m" => Ok(Precision::M),
+            "h" => Ok(Precision::H),
+            other => Err(format!(
+                "{other:?} is not a precision; use ns, us, ms, s, m or h"
+            )),
         }
     }
 }
@@ -48,6 +55,8 @@ impl Precision {
             Precision::Us => t.div_euclid(1_000),
             Precision::Ms => t,
             Precision::S => t.checked_mul(1_000)?,
+            Precision::M => t.checked_mul(60_000)?,
+            Precision::H => t.checked_mul(3_600_000)?,
         })
     }
 }
@@ -344,6 +353,8 @@ mod tests {
             (Precision::Ms, "1700000000123", 1_700_000_000_123),
             (Precision::Us, "1700000000123456", 1_700_000_000_123),
             (Precision::Ns, "-1", -1),
+            (Precision::M, "28333333", 1_699_999_980_000),
+            (Precision::H, "472222", 1_699_999_200_000),
         ] {
             let b = parse_lines(&format!("m v=1 {ts}"), p, 0, &Limits::default()).unwrap();
             assert_eq!(b.points[0].timestamp_ms, want, "{p:?}");
@@ -351,7 +362,8 @@ mod tests {
         assert!("x"
             .parse::<Precision>()
             .unwrap_err()
-            .contains("ns, us, ms or s"));
+            .contains("ns, us, ms, s, m or h"));
+        assert_eq!("m".parse::<Precision>(), Ok(Precision::M));
         assert!(parse_lines(
             "m v=1 99999999999999999",
             Precision::S,

@@ -1,4 +1,5 @@
-//! `POST /api/v1/ingest` (JSON) and `POST /api/v1/write` (InfluxDB line protocol).
+//! `POST /api/v1/ingest` (JSON) and `POST /api/v1/write` (InfluxDB line protocol); the
+//! line-protocol path the InfluxDB-compatible routes (`compat`) share.
 
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use crate::telemetry::Protocol;
 
 /// Authenticates an ingest request: the bearer header, or else the seed's
 /// `authentication_token` body field (JSON only).
-async fn authorize(state: &Shared, token: Option<&str>) -> ApiResult<Principal> {
+pub(super) async fn authorize(state: &Shared, token: Option<&str>) -> ApiResult<Principal> {
     let principal = state
         .meta
         .authenticate(token.unwrap_or(""), crate::now_ms())
@@ -24,7 +25,7 @@ async fn authorize(state: &Shared, token: Option<&str>) -> ApiResult<Principal> 
 }
 
 /// The `Idempotency-Key` header, if any (SPEC §3; JSON bodies may carry `batch_id` instead).
-fn idempotency_key(parts: &Parts) -> Result<Option<String>, Error> {
+pub(super) fn idempotency_key(parts: &Parts) -> Result<Option<String>, Error> {
     match parts.headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => v
@@ -93,10 +94,30 @@ async fn write_lines_inner(
 ) -> Result<usize, ApiError> {
     let (mut parts, body) = req.into_parts();
     authorize(state, bearer(&parts)).await?;
-    let query = axum::extract::RawQuery::from_request_parts(&mut parts, state)
+    let pairs = query_pairs(state, &mut parts).await?;
+    write_lines(state, &parts, body, &pairs, ignored).await
+}
+
+/// The request's query string as pairs.
+pub(super) async fn query_pairs(
+    state: &Shared,
+    parts: &mut Parts,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let query = axum::extract::RawQuery::from_request_parts(parts, state)
         .await
         .map_err(|e| Error::BadRequest(e.to_string()))?;
-    let pairs = crate::query::pairs(query.0.as_deref());
+    Ok(crate::query::pairs(query.0.as_deref()))
+}
+
+/// Reads, parses and writes a line-protocol body (the caller has authorized it): `/api/v1/write`
+/// and the InfluxDB paths. `precision` from the query (default ns), the body gzip-encoded or not.
+pub(super) async fn write_lines(
+    state: &Shared,
+    parts: &Parts,
+    body: axum::body::Body,
+    pairs: &[(String, String)],
+    ignored: &mut usize,
+) -> Result<usize, ApiError> {
     let precision = match pairs.iter().find(|(k, _)| k == "precision") {
         Some((_, p)) => p.parse().map_err(|e: String| Error::BadQuery {
             param: "precision",
@@ -104,7 +125,7 @@ async fn write_lines_inner(
         })?,
         None => protocol::line::Precision::default(),
     };
-    let bytes = read_body(body, state.config.ingest.max_body_bytes).await?;
+    let bytes = read_encoded_body(parts, body, state.config.ingest.max_body_bytes).await?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         Error::BadRequest(format!(
             "line protocol must be UTF-8; invalid byte at offset {}",
@@ -115,11 +136,44 @@ async fn write_lines_inner(
     let batch =
         protocol::line::parse_lines(text, precision, now, &state.limits()).map_err(Error::from)?;
     *ignored = batch.ignored_string_fields;
-    let key = idempotency_key(&parts)?;
+    let key = idempotency_key(parts)?;
     Ok(state
         .engine
         .write_idempotent(batch.points, now, key.as_deref())
         .await?)
+}
+
+/// The body, gunzipped if `Content-Encoding: gzip` (as Telegraf sends by default); `limit`
+/// bounds both the bytes received and the bytes they inflate to.
+pub(super) async fn read_encoded_body(
+    parts: &Parts,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let raw = read_body(body, limit).await?;
+    let encoding = match parts.headers.get(axum::http::header::CONTENT_ENCODING) {
+        None => return Ok(raw.into()),
+        Some(v) => v.to_str().unwrap_or("").trim().to_ascii_lowercase(),
+    };
+    match encoding.as_str() {
+        "" | "identity" => Ok(raw.into()),
+        "gzip" | "x-gzip" => {
+            use std::io::Read;
+            let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| Error::BadRequest(format!("body is not valid gzip: {e}")))?;
+            if out.len() > limit {
+                return Err(Error::TooLarge { limit }.into());
+            }
+            Ok(out)
+        }
+        other => Err(Error::BadRequest(format!(
+            "Content-Encoding {other:?} is not supported; send gzip or no encoding"
+        ))
+        .into()),
+    }
 }
 
 impl super::AppState {

@@ -10,6 +10,7 @@ mod browser;
 mod chaos;
 mod cli;
 mod cluster;
+mod compat;
 mod dashboards;
 mod durability;
 mod harness;
