@@ -37,6 +37,7 @@ pub mod load;
 pub mod membership;
 pub mod meta;
 pub mod query;
+pub mod quic_ingest;
 pub mod remote;
 pub mod replication;
 pub mod server;

@@ -80,6 +80,40 @@ impl Identity {
     }
 }
 
+/// The node's TLS certificate and key: `<data_dir>/tls/cert.pem` and `key.pem`, made
+/// (self-signed) on first start; a certificate put there (with its key) is used instead.
+/// QUIC ingest clients pin the certificate; peers authenticate with the secret instead.
+pub fn load_or_create_certificate(
+    data_dir: &Path,
+) -> Result<cluster::transport::tls::CertificatePem> {
+    use cluster::transport::tls::{generate_certificate, parse_certificate, CertificatePem};
+    let dir = data_dir.join("tls");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| Error::Storage(format!("read {}: {e}", p.display())))
+    };
+    if cert_path.exists() || key_path.exists() {
+        let pem = CertificatePem {
+            cert: read(&cert_path)?,
+            key: read(&key_path)?,
+        };
+        parse_certificate(&pem).map_err(|e| {
+            Error::Config(crate::config::ConfigError::Invalid(format!(
+                "{} / {}: {e}",
+                cert_path.display(),
+                key_path.display()
+            )))
+        })?;
+        return Ok(pem);
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Storage(format!("create {}: {e}", dir.display())))?;
+    let pem = generate_certificate().map_err(|e| Error::Internal(e.to_string()))?;
+    write_private(&key_path, pem.key.as_bytes())?;
+    write_private(&cert_path, pem.cert.as_bytes())?;
+    Ok(pem)
+}
+
 /// Writes a small file readable by the owner only, durably.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -284,8 +318,12 @@ impl Membership {
         let router = Arc::new(Router::default());
         let groups = Arc::new(OnceLock::new());
         let invite = Invite::default();
+        let mut transport_config =
+            TransportConfig::new(config.quic, identity.node_id, identity.secret.clone());
+        transport_config.certificate = Some(load_or_create_certificate(&config.data_dir)?);
+        transport_config.client_alpns = vec![protocol::ingest::ALPN.to_vec()];
         let transport = Transport::start(
-            TransportConfig::new(config.quic, identity.node_id, identity.secret.clone()),
+            transport_config,
             Arc::new(NodeService {
                 router: router.clone(),
                 groups: groups.clone(),

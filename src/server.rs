@@ -91,6 +91,10 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Sta
         membership,
         config,
     });
+    state
+        .membership
+        .transport
+        .set_client_service(Arc::new(crate::quic_ingest::QuicIngest::new(&state)));
     let alert_task = tokio::spawn(crate::alert::evaluator::run(state.clone(), alert_rx));
     let inbox = state.clone();
     let inbox_task = tokio::spawn(async move { inbox.meta.serve_inbox().await });

@@ -19,6 +19,8 @@ pub enum Protocol {
     Line,
     /// Prometheus remote write.
     Prom,
+    /// The QUIC ingest protocol.
+    Quic,
 }
 
 impl Protocol {
@@ -27,6 +29,7 @@ impl Protocol {
             Protocol::Json => "json",
             Protocol::Line => "line",
             Protocol::Prom => "prom",
+            Protocol::Quic => "quic",
         }
     }
 }
@@ -97,6 +100,7 @@ pub struct Telemetry {
     json: ProtocolCounters,
     line: ProtocolCounters,
     prom: ProtocolCounters,
+    quic: ProtocolCounters,
     rejected_requests: [AtomicU64; REASONS.len()],
     query_latency: Histogram,
 }
@@ -107,6 +111,7 @@ impl Telemetry {
             Protocol::Json => &self.json,
             Protocol::Line => &self.line,
             Protocol::Prom => &self.prom,
+            Protocol::Quic => &self.quic,
         }
     }
 
@@ -148,7 +153,12 @@ impl Telemetry {
             "# HELP pulseboard_ingest_points_total Points acknowledged (durable and applied)."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_points_total counter");
-        for p in [Protocol::Json, Protocol::Line, Protocol::Prom] {
+        for p in [
+            Protocol::Json,
+            Protocol::Line,
+            Protocol::Prom,
+            Protocol::Quic,
+        ] {
             let c = self.proto(p);
             let _ = writeln!(
                 w,
@@ -162,7 +172,12 @@ impl Telemetry {
             "# HELP pulseboard_ingest_requests_total Ingest requests by outcome."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_requests_total counter");
-        for p in [Protocol::Json, Protocol::Line, Protocol::Prom] {
+        for p in [
+            Protocol::Json,
+            Protocol::Line,
+            Protocol::Prom,
+            Protocol::Quic,
+        ] {
             let c = self.proto(p);
             let _ = writeln!(
                 w,
@@ -194,7 +209,12 @@ impl Telemetry {
             "# HELP pulseboard_ingest_request_seconds Time from request to acknowledgement."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_request_seconds histogram");
-        for p in [Protocol::Json, Protocol::Line, Protocol::Prom] {
+        for p in [
+            Protocol::Json,
+            Protocol::Line,
+            Protocol::Prom,
+            Protocol::Quic,
+        ] {
             self.proto(p).latency.render(
                 w,
                 "pulseboard_ingest_request_seconds",

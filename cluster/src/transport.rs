@@ -10,13 +10,13 @@
 //! and the next call reconnects. A streaming request (a live watch) keeps its stream open and
 //! receives length-prefixed responses until either end closes it.
 
-mod tls;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use protocol::cluster::{Channel, Hello, Request, Response, Welcome, MAX_FRAME, VERSION};
@@ -37,6 +37,10 @@ pub struct TransportConfig {
     pub request_timeout: Duration,
     /// A connection with no traffic (keep-alives included) for this long is dead.
     pub idle_timeout: Duration,
+    /// The certificate the endpoint presents (a new self-signed one if `None`).
+    pub certificate: Option<tls::CertificatePem>,
+    /// ALPN protocols of client connections ([`ClientService`]) besides the cluster's.
+    pub client_alpns: Vec<Vec<u8>>,
 }
 
 impl TransportConfig {
@@ -47,6 +51,8 @@ impl TransportConfig {
             secret: secret.into(),
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(4),
+            certificate: None,
+            client_alpns: Vec::new(),
         }
     }
 }
@@ -108,6 +114,15 @@ pub trait Service: Send + Sync + 'static {
         })
     }
 }
+
+/// What a node does with a client's connection: one whose ALPN is not the cluster's (see
+/// [`TransportConfig::client_alpns`]). The connection is the service's until it ends.
+pub trait ClientService: Send + Sync + 'static {
+    fn serve_client(&self, conn: quinn::Connection) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Set once the node can serve clients ([`Transport::set_client_service`]).
+type Clients = Arc<OnceLock<Arc<dyn ClientService>>>;
 
 /// Responses of a streaming request after the first, as they arrive
 /// ([`Transport::open_stream`]). Dropping it tells the callee to stop.
@@ -191,6 +206,7 @@ pub struct Transport {
     batched: [std::sync::atomic::AtomicU64; 2],
     /// Permits for open streaming requests ([`MAX_OPEN_STREAMS`]).
     open_streams: Arc<tokio::sync::Semaphore>,
+    clients: Clients,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -222,16 +238,22 @@ impl Transport {
                 "the cluster secret must be at least 16 bytes".into(),
             ));
         }
-        let (server, client) = tls::configs(config.idle_timeout)?;
+        let (server, client) = tls::configs(
+            config.idle_timeout,
+            config.certificate.as_ref(),
+            &config.client_alpns,
+        )?;
         let mut endpoint = quinn::Endpoint::server(server, config.listen).map_err(|e| {
             TransportError::Setup(format!("cannot bind QUIC {}: {e}", config.listen))
         })?;
         endpoint.set_default_client_config(client);
+        let clients = Clients::default();
         let accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             config.node_id,
             Arc::new(config.secret.clone()),
             service,
+            clients.clone(),
         ));
         Ok(Self {
             endpoint,
@@ -240,8 +262,15 @@ impl Transport {
             batches: Mutex::new(HashMap::new()),
             batched: Default::default(),
             open_streams: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_STREAMS)),
+            clients,
             accept,
         })
+    }
+
+    /// Starts handing client connections to `service`; until then they are closed with
+    /// "starting". Set once; later calls are ignored.
+    pub fn set_client_service(&self, service: Arc<dyn ClientService>) {
+        let _ = self.clients.set(service);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -644,10 +673,12 @@ async fn accept_loop(
     node_id: u64,
     secret: Arc<Vec<u8>>,
     service: Arc<dyn Service>,
+    clients: Clients,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let secret = secret.clone();
         let service = service.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -657,6 +688,17 @@ async fn accept_loop(
                     return;
                 }
             };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|h| h.protocol);
+            if alpn.as_deref() != Some(protocol::cluster::ALPN) {
+                match clients.get() {
+                    Some(s) => s.serve_client(conn).await,
+                    None => conn.close(2u32.into(), b"starting"),
+                }
+                return;
+            }
             match tokio::time::timeout(
                 Duration::from_secs(5),
                 server_handshake(&conn, node_id, &secret),

@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod cluster;
 pub mod codec;
+pub mod ingest;
 pub mod json;
 pub mod line;
 pub mod point;

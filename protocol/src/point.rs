@@ -116,6 +116,27 @@ pub fn normalize_dimensions(mut dims: Dimensions, limits: &Limits) -> Result<Dim
     Ok(dims)
 }
 
+/// Checks a point built elsewhere (decoded from a QUIC frame): its metric name, a finite
+/// value, and its dimensions (sorted here).
+pub fn validate_point(
+    mut p: DataPoint,
+    index: usize,
+    limits: &Limits,
+) -> Result<DataPoint, PointError> {
+    let err = |field: &str, reason: String| PointError {
+        index,
+        field: field.into(),
+        reason,
+    };
+    validate_metric_name(&p.metric).map_err(|r| err("metric", r))?;
+    if !p.value.is_finite() {
+        return Err(err("value", format!("{} is not a finite number", p.value)));
+    }
+    p.dimensions = normalize_dimensions(std::mem::take(&mut p.dimensions), limits)
+        .map_err(|r| err("dimensions", r))?;
+    Ok(p)
+}
+
 /// Seed of the series hash. Never change it: hashes are persisted and place series on shards.
 const SERIES_SEED: u64 = 0x5075_6c73_6562_6f61; // "Pulseboa"
 

@@ -18,3 +18,4 @@ mod idempotency;
 mod ingest_query;
 mod live;
 mod openapi;
+mod quic_ingest;

@@ -1,5 +1,6 @@
-//! TLS for the cluster endpoint: a certificate generated at start, and a client that accepts
-//! any certificate (peers authenticate with the cluster secret, bound to the session).
+//! TLS for the node's endpoint: the node's certificate (kept in its data directory, so
+//! clients can pin it; peers do not need to), and a node-to-node client that accepts any
+//! certificate (peers authenticate with the cluster secret, bound to the session).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,24 +29,69 @@ fn transport(idle: Duration) -> Result<Arc<quinn::TransportConfig>, TransportErr
     Ok(Arc::new(t))
 }
 
+/// A certificate chain and its key, as PEM.
+#[derive(Clone, Debug)]
+pub struct CertificatePem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A new self-signed certificate for [`SERVER_NAME`] (and `localhost`).
+pub fn generate_certificate() -> Result<CertificatePem, TransportError> {
+    let certified =
+        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string(), "localhost".into()])
+            .map_err(setup)?;
+    Ok(CertificatePem {
+        cert: certified.cert.pem(),
+        key: certified.signing_key.serialize_pem(),
+    })
+}
+
+/// `pem`'s chain and key, or what is wrong with them.
+pub fn parse_certificate(
+    pem: &CertificatePem,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("certificate: no CERTIFICATE block".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(|e| format!("key: {e}"))?;
+    Ok((chain, key))
+}
+
+/// The server and client configurations: the server presents `certificate` (a new
+/// self-signed one if `None`) and speaks the cluster's ALPN and `client_alpns`.
 pub fn configs(
     idle: Duration,
+    certificate: Option<&CertificatePem>,
+    client_alpns: &[Vec<u8>],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certified =
-        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).map_err(setup)?;
-    let cert = CertificateDer::from(certified.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
+    let (chain, key) = match certificate {
+        Some(pem) => parse_certificate(pem).map_err(setup)?,
+        None => {
+            let certified =
+                rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).map_err(setup)?;
+            let cert = CertificateDer::from(certified.cert.der().to_vec());
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                certified.signing_key.serialize_der(),
+            ));
+            (vec![cert], key)
+        }
+    };
 
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(setup)?
         .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
+        .with_single_cert(chain, key)
         .map_err(setup)?;
-    server.alpn_protocols = vec![protocol::cluster::ALPN.to_vec()];
+    server.alpn_protocols = std::iter::once(protocol::cluster::ALPN.to_vec())
+        .chain(client_alpns.iter().cloned())
+        .collect();
     let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(setup)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server_config.transport_config(transport(idle)?);
