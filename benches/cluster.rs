@@ -28,6 +28,8 @@ fn args(url: &str, points: u64, connections: u64) -> LoadArgs {
         connections,
         metric: "bench".into(),
         json: true,
+        quic_addr: None,
+        cert: Default::default(),
     }
 }
 

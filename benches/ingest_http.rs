@@ -55,6 +55,8 @@ fn run(label: &str, extra: &[&str], wire: Wire, points: u64) {
             connections: 4,
             metric: "bench".into(),
             json: true,
+            quic_addr: None,
+            cert: dir.path().join("tls/cert.pem"),
         };
         // A short warm-up (10 requests), then the measured run.
         drive(&LoadArgs {
@@ -114,7 +116,18 @@ fn main() {
     println!("machine: {cores} cores; server and load generator share them");
     // 0.1 M warm-up + 2.9 M: 3 M points in 10 000 series, the memory shape.
     run("line protocol, fsync on", &[], Wire::Line, 2_900_000);
-    run("JSON, fsync on", &[], Wire::Json, 1_000_000);
+    run(
+        "QUIC (pulseboard-client), fsync on",
+        &[],
+        Wire::Quic,
+        2_900_000,
+    );
+    run(
+        "JSON (pulseboard-client over HTTP), fsync on",
+        &[],
+        Wire::Json,
+        1_000_000,
+    );
     run(
         "line protocol, fsync + 5 ms simulated delay",
         &["--simulated-fsync-delay", "5ms"],

@@ -67,43 +67,59 @@ async fn user_add_then_log_in() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("viewer, editor or admin"));
 }
 
+/// `load` over each protocol: line protocol over HTTP, and through the Rust client, JSON
+/// over HTTP and batches over QUIC (pinning the node's certificate).
 #[tokio::test]
 async fn load_drives_a_node_and_every_point_lands() {
     let node = Node::start().await;
-    let out = pulseboard()
-        .args([
-            "load",
-            "--url",
-            &node.base,
-            "--points",
-            "20000",
-            "--batch",
-            "2000",
-            "--series",
-            "50",
-            "--connections",
-            "2",
-            "--json",
-        ])
-        .env("PULSEBOARD_TOKEN", &node.token)
-        .output()
-        .expect("run load");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary json");
-    assert_eq!(summary["points"], 20000);
-    assert_eq!(summary["errors"], 0);
-    assert!(summary["points_per_second"].as_f64().unwrap() > 0.0);
-    let (status, body) = node
-        .get("/api/v1/metrics/load.value/window?window=2h&aggregation=count")
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["series"][0]["value"], 20000.0, "{body}");
+    let cert = node.data_dir.join("tls/cert.pem");
+    for protocol in ["line", "json", "quic"] {
+        let metric = format!("load_{protocol}");
+        let out = pulseboard()
+            .args([
+                "load",
+                "--url",
+                &node.base,
+                "--protocol",
+                protocol,
+                "--metric",
+                &metric,
+                "--points",
+                "20000",
+                "--batch",
+                "2000",
+                "--series",
+                "50",
+                "--connections",
+                "2",
+                "--json",
+            ])
+            .arg("--cert")
+            .arg(&cert)
+            .env("PULSEBOARD_TOKEN", &node.token)
+            .output()
+            .expect("run load");
+        assert!(
+            out.status.success(),
+            "{protocol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary json");
+        assert_eq!(summary["points"], 20000, "{protocol}: {summary}");
+        assert_eq!(summary["errors"], 0, "{protocol}: {summary}");
+        assert!(summary["points_per_second"].as_f64().unwrap() > 0.0);
+        let (status, body) = node
+            .get(&format!(
+                "/api/v1/metrics/{metric}.value/window?window=2h&aggregation=count"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["series"][0]["value"], 20000.0, "{protocol}: {body}");
+    }
     let (_, body) = node.get("/api/v1/metrics").await;
-    assert_eq!(body["metrics"][0]["series"], 50, "{body}");
+    for m in body["metrics"].as_array().unwrap() {
+        assert_eq!(m["series"], 50, "{body}");
+    }
 }
 
 #[test]
