@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::{ClientError, DataPoint, ErrorCode, Failure, Sender};
 
@@ -24,19 +24,40 @@ impl HttpSender {
     }
 }
 
-fn body(points: &[DataPoint]) -> Value {
-    let points: Vec<Value> = points
-        .iter()
-        .map(|p| {
-            let dims: Map<String, Value> = p
-                .dimensions
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::from(v.as_str())))
-                .collect();
-            json!({"metric": p.metric.as_str(), "timestamp": p.timestamp_ms, "value": p.value, "dimensions": dims})
-        })
-        .collect();
-    json!({ "data_points": points })
+/// The JSON ingest body, serialized straight from the points.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    data_points: Vec<Point<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Point<'a> {
+    metric: &'a str,
+    timestamp: i64,
+    value: f64,
+    dimensions: Dimensions<'a>,
+}
+
+struct Dimensions<'a>(&'a [(protocol::Name, protocol::Name)]);
+
+impl serde::Serialize for Dimensions<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+fn body(points: &[DataPoint]) -> Body<'_> {
+    Body {
+        data_points: points
+            .iter()
+            .map(|p| Point {
+                metric: &p.metric,
+                timestamp: p.timestamp_ms,
+                value: p.value,
+                dimensions: Dimensions(&p.dimensions),
+            })
+            .collect(),
+    }
 }
 
 impl Sender for HttpSender {
