@@ -6,23 +6,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::harness::{now_ms, Node};
-
-/// An API key with the ingest scope.
-async fn ingest_key(node: &Node) -> String {
-    let (status, body) = node
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/api-keys",
-            Some(&node.token),
-            Some(&json!({"name": "collector", "scopes": ["ingest"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["key"].as_str().unwrap().to_owned()
-}
 
 /// The values of `metric` over the last hour, one series per `group_by`.
 async fn points(node: &Node, metric: &str, group_by: &str) -> Value {
@@ -55,7 +41,7 @@ fn gzip(text: &str) -> Vec<u8> {
 #[tokio::test]
 async fn influx_v1_and_v2_paths_take_line_protocol_and_answer_in_influx_shapes() {
     let node = Node::start().await;
-    let key = ingest_key(&node).await;
+    let key = node.ingest_key().await;
     let c = &node.client;
     let s = now_ms() / 1000 - 5;
 
@@ -175,7 +161,7 @@ async fn influx_v1_and_v2_paths_take_line_protocol_and_answer_in_influx_shapes()
 #[tokio::test]
 async fn the_official_python_influxdb_client_writes_line_protocol() {
     let node = Node::start().await;
-    let key = ingest_key(&node).await;
+    let key = node.ingest_key().await;
     let ts = now_ms() - 3_000;
     let script = r#"
 import sys
@@ -228,7 +214,7 @@ with InfluxDBClient(url=url, token="wrong", org="acme") as client:
 async fn prometheus_remote_write_bodies_are_checked_and_partially_bad_ones_keep_the_good_series() {
     use protocol::prom::{encode_write, Label, Sample, TimeSeries, WriteRequest};
     let node = Node::start().await;
-    let key = ingest_key(&node).await;
+    let key = node.ingest_key().await;
     let ts = now_ms() - 2_000;
     let series = |name: Option<&str>, job: &str, value: f64| TimeSeries {
         labels: name
@@ -332,7 +318,7 @@ impl Drop for Killed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_remote_writes_what_it_scrapes() {
     let node = Node::start().await;
-    let key = ingest_key(&node).await;
+    let key = node.ingest_key().await;
     let dir = tempfile::tempdir().unwrap();
     let target = node.base.trim_start_matches("http://");
     let config = format!(

@@ -203,6 +203,23 @@ impl Node {
             .expect("metrics text")
     }
 
+    /// A new API key with the ingest scope (as the admin makes it).
+    pub async fn ingest_key(&self) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/api-keys",
+                Some(&self.token),
+                Some(&json!({"name": "ingest", "scopes": ["ingest"]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["key"]
+            .as_str()
+            .expect("the key, shown once")
+            .to_owned()
+    }
+
     /// Any request: `token` None sends no credentials.
     pub async fn call(
         &self,

@@ -298,21 +298,10 @@ async fn unauthorized_sockets_are_refused_and_bad_messages_named() {
         other => panic!("expected an HTTP 401, got {other}"),
     }
     // An ingest-only key may not read.
-    let (s, key) = node
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/api-keys",
-            Some(&node.token),
-            Some(&json!({"name": "ingest", "scopes": ["ingest"]})),
-        )
-        .await;
-    assert_eq!(s, 201);
-    let err = tokio_tungstenite::connect_async(format!(
-        "{ws_url}/api/v1/ws?token={}",
-        key["key"].as_str().unwrap()
-    ))
-    .await
-    .expect_err("refused");
+    let key = node.ingest_key().await;
+    let err = tokio_tungstenite::connect_async(format!("{ws_url}/api/v1/ws?token={}", key))
+        .await
+        .expect_err("refused");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),
         other => panic!("expected an HTTP 403, got {other}"),

@@ -7,22 +7,8 @@ use protocol::codec;
 use protocol::ingest::{encode_frame, ClientFrame, ErrorCode, ServerFrame, VERSION};
 use protocol::DataPoint;
 use pulseboard_client::{Client, ClientError, Config, Transport};
-use serde_json::json;
 
 use crate::harness::{now_ms, Node};
-
-async fn ingest_key(node: &Node) -> String {
-    let (status, body) = node
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/api-keys",
-            Some(&node.token),
-            Some(&json!({"name": "quic", "scopes": ["ingest"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["key"].as_str().unwrap().to_owned()
-}
 
 /// The node's QUIC address (as the cluster view shows it) and its certificate.
 async fn quic_of(node: &Node) -> (String, String) {
@@ -66,7 +52,7 @@ async fn count(node: &Node, metric: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_client_ingests_and_every_acknowledged_batch_is_queryable() {
     let node = Node::start().await;
-    let key = ingest_key(&node).await;
+    let key = node.ingest_key().await;
     let (addr, cert) = quic_of(&node).await;
     let client = Client::new(Config::new(
         vec![addr],
@@ -193,7 +179,7 @@ fn code_of(f: &ServerFrame) -> Option<(Option<u64>, ErrorCode, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_wrong_keys_truncated_streams_and_oversized_batches_get_clear_errors() {
     let node = Node::start().await;
-    let key = ingest_key(&node).await;
+    let key = node.ingest_key().await;
     let (addr, cert) = quic_of(&node).await;
     let ts = now_ms() - 5_000;
 
