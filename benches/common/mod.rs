@@ -78,6 +78,16 @@ pub async fn start() -> Server {
     }
 }
 
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
+
 /// CPU seconds (user + system) the server process has used so far.
 pub fn cpu_seconds(server: &Server) -> f64 {
     process_cpu_seconds(server.child.id())
