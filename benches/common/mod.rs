@@ -43,6 +43,11 @@ pub fn binary() -> std::path::PathBuf {
 }
 
 pub async fn start() -> Server {
+    start_with(&[]).await
+}
+
+/// [`start`] with more `serve` flags.
+pub async fn start_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(binary())
         .args([
@@ -54,6 +59,7 @@ pub async fn start() -> Server {
             "--data-dir",
         ])
         .arg(dir.path())
+        .args(extra)
         .env("PULSEBOARD_ADMIN_PASSWORD", PASSWORD)
         .env("PULSEBOARD_LOG", "warn")
         .stdout(Stdio::piped())
@@ -86,6 +92,27 @@ impl Server {
     pub fn data_dir(&self) -> &std::path::Path {
         self._dir.path()
     }
+
+    /// Stops the node with SIGTERM (its clean shutdown) and waits for it.
+    pub fn terminate(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// SIGTERM, then up to 60 s for the process to exit (then SIGKILL).
+pub fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// CPU seconds (user + system) the server process has used so far.

@@ -6,7 +6,9 @@
 //!
 //! Run `benches/compare/run.sh` (installs `victoria-metrics` and `influxdb` from Debian, then
 //! runs this). Knobs: `COMPARE_POINTS` (default 10 000 000), `COMPARE_SERIES` (10 000),
-//! `COMPARE_SYSTEMS` (default `pulseboard,victoria-metrics,influxdb`).
+//! `COMPARE_SYSTEMS` (default `pulseboard,pulseboard-no-fsync,victoria-metrics,influxdb`).
+//! Disk is measured after each system is stopped cleanly (what it keeps at rest); peak RSS
+//! while it runs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -73,6 +75,8 @@ trait System {
     fn data_dir(&self) -> &Path;
     /// The write request for one body.
     fn write(&self, http: &reqwest::Client, body: bytes::Bytes) -> reqwest::RequestBuilder;
+    /// Stops the system cleanly (SIGTERM): what it keeps on disk at rest is measured after.
+    fn terminate(&mut self);
     /// After the load: whatever makes written data queryable and on disk.
     fn settle(&self, _http: &reqwest::Client) -> impl std::future::Future<Output = ()> {
         async {}
@@ -86,11 +90,14 @@ trait System {
     ) -> impl std::future::Future<Output = f64>;
 }
 
-struct Pulseboard(common::Server);
+struct Pulseboard(common::Server, &'static str);
 
 impl System for Pulseboard {
     fn name(&self) -> &'static str {
-        "Pulseboard"
+        self.1
+    }
+    fn terminate(&mut self) {
+        self.0.terminate();
     }
     fn pid(&self) -> u32 {
         self.0.pid()
@@ -195,6 +202,9 @@ impl System for Victoria {
     fn name(&self) -> &'static str {
         "VictoriaMetrics"
     }
+    fn terminate(&mut self) {
+        common::terminate(&mut self.0.child);
+    }
     fn pid(&self) -> u32 {
         self.0.child.id()
     }
@@ -281,6 +291,9 @@ impl System for Influx {
     fn name(&self) -> &'static str {
         "InfluxDB 1.x"
     }
+    fn terminate(&mut self) {
+        common::terminate(&mut self.0.child);
+    }
     fn pid(&self) -> u32 {
         self.0.child.id()
     }
@@ -343,7 +356,7 @@ fn peak_rss(pid: u32) -> f64 {
 }
 
 async fn measure(
-    sys: &impl System,
+    mut sys: impl System,
     http: &reqwest::Client,
     bodies: &[bytes::Bytes],
     (start, end): (i64, i64),
@@ -400,6 +413,8 @@ async fn measure(
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
+    let disk_running = disk_bytes(sys.data_dir());
+    sys.terminate();
     let m = Measured {
         name: sys.name(),
         points_per_second: sent as f64 / seconds,
@@ -411,10 +426,11 @@ async fn measure(
         query_sum,
     };
     println!(
-        "{}: {:.0} points/s over {seconds:.1} s; peak RSS {:.0} MiB; disk {:.0} MiB; query {:.1} ms",
+        "{}: {:.0} points/s over {seconds:.1} s; peak RSS {:.0} MiB; disk {:.0} MiB after the load, {:.0} MiB at rest; query {:.1} ms",
         m.name,
         m.points_per_second,
         m.peak_rss_bytes / 1048576.0,
+        disk_running / 1048576.0,
         m.disk_bytes / 1048576.0,
         m.query_ms
     );
@@ -426,7 +442,7 @@ async fn main() {
     let points = env_or("COMPARE_POINTS", 10_000_000);
     let series = env_or("COMPARE_SERIES", 10_000);
     let systems = std::env::var("COMPARE_SYSTEMS")
-        .unwrap_or_else(|_| "pulseboard,victoria-metrics,influxdb".into());
+        .unwrap_or_else(|_| "pulseboard,pulseboard-no-fsync,victoria-metrics,influxdb".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Two hours back, on a whole minute plus a second (so per-minute windows ending on whole
     // minutes take every point once).
@@ -452,7 +468,21 @@ async fn main() {
         let m = match name {
             "pulseboard" => Some(
                 measure(
-                    &Pulseboard(common::start().await),
+                    Pulseboard(common::start().await, "Pulseboard"),
+                    &http,
+                    &bodies,
+                    (base, end),
+                )
+                .await,
+            ),
+            // Acknowledging before the fsync, as VictoriaMetrics does by default: the same
+            // durability, to see what the fsync costs.
+            "pulseboard-no-fsync" => Some(
+                measure(
+                    Pulseboard(
+                        common::start_with(&["--no-fsync"]).await,
+                        "Pulseboard --no-fsync",
+                    ),
                     &http,
                     &bodies,
                     (base, end),
@@ -460,11 +490,11 @@ async fn main() {
                 .await,
             ),
             "victoria-metrics" => match Victoria::start(&http).await {
-                Some(s) => Some(measure(&s, &http, &bodies, (base, end)).await),
+                Some(s) => Some(measure(s, &http, &bodies, (base, end)).await),
                 None => None,
             },
             "influxdb" => match Influx::start(&http).await {
-                Some(s) => Some(measure(&s, &http, &bodies, (base, end)).await),
+                Some(s) => Some(measure(s, &http, &bodies, (base, end)).await),
                 None => None,
             },
             other => panic!("unknown system {other:?}"),
@@ -482,7 +512,7 @@ fn report(results: &[Measured], points: f64, want: f64) {
         return;
     };
     println!();
-    println!("| System | Ingest points/s | × Pulseboard | Peak RSS | Bytes of RSS per point | Disk | Bytes on disk per point | Query (sum per minute, all series) | × Pulseboard | Query answer complete |");
+    println!("| System | Ingest points/s | × Pulseboard | Peak RSS | Bytes of RSS per point | Disk at rest | Bytes on disk per point | Query (sum per minute, all series) | × Pulseboard | Query answer complete |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for m in results {
         println!(
