@@ -71,6 +71,9 @@ fn raft_config_with(
         max_payload_entries: 16,
         // Shards snapshot on the engine's own schedule (`snapshot_interval`).
         snapshot_policy,
+        // A snapshot purges the log it covers but the last 1 000 entries (a follower a
+        // moment behind still catches up from the log); `snapshot_loop` purges the rest a
+        // round later.
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
         ..Default::default()
@@ -331,7 +334,11 @@ impl Engine {
         let keys: Arc<DashMap<String, KeyState>> = Arc::new(DashMap::new());
 
         let rebalancer = Task(groups.spawn_rebalancer());
-        let snapshots = tokio::spawn(snapshot_loop(rafts, config.storage.snapshot_interval));
+        let snapshots = tokio::spawn(snapshot_loop(
+            rafts,
+            groups.meta().raft().clone(),
+            config.storage.snapshot_interval,
+        ));
         Ok(Self {
             shards,
             groups,
@@ -621,6 +628,7 @@ impl Engine {
         self.snapshots.abort();
         self.detector.0.abort();
         self.rebalancer.0.abort();
+        snapshot_through_raft(self.groups.rafts(), Duration::from_secs(30)).await;
         for (shard, raft) in self.groups.rafts().iter().enumerate() {
             self.router.remove(shard as u32);
             if let Err(e) = raft.shutdown().await {
@@ -685,23 +693,87 @@ where
 
 /// Every `every`, asks each group that applied something new to snapshot (openraft then
 /// purges the log it covers, keeping a margin for lagging followers).
-async fn snapshot_loop(groups: Vec<Raft<ShardRaft>>, every: Duration) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        for raft in &groups {
-            let due = {
-                let m = raft.metrics().borrow().clone();
-                m.last_applied.map(|l| l.index) > m.snapshot.map(|s| s.index)
-            };
-            if due {
-                if let Err(e) = raft.trigger().snapshot().await {
-                    warn!(cause = %e, "could not start a snapshot");
-                }
+/// Snapshots every group with something new applied through openraft (which then purges
+/// the log the snapshot covers, and the log frees the segments nothing needs) and waits up
+/// to `within` for them: a stopped node keeps its points as snapshots, not as the log's
+/// encoded batches. The shard actors' own snapshot at shutdown follows regardless.
+async fn snapshot_through_raft(groups: &[Raft<ShardRaft>], within: Duration) {
+    let snapshot = |raft: &Raft<ShardRaft>| raft.metrics().borrow().snapshot.map(|s| s.index);
+    // Each group's target: what it had applied when asked (a follower may go on applying
+    // what its leader sends; that is not waited for).
+    let mut waiting = Vec::new();
+    for raft in groups {
+        let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
+        if applied > snapshot(raft) {
+            match raft.trigger().snapshot().await {
+                Ok(()) => waiting.push((raft, applied)),
+                Err(e) => warn!(cause = %e, "could not start a snapshot at shutdown"),
             }
         }
     }
+    let deadline = tokio::time::Instant::now() + within;
+    while waiting.iter().any(|(r, target)| snapshot(r) < *target)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A stopping node has no follower to keep the log for: release it all.
+    for raft in groups {
+        if let Some(upto) = snapshot(raft) {
+            let _ = raft.trigger().purge_log(upto).await;
+        }
+    }
+    let purged = |raft: &Raft<ShardRaft>| raft.metrics().borrow().purged.map(|l| l.index);
+    while groups.iter().any(|r| purged(r) < snapshot(r)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Snapshots and the release of the log, every `every` (`storage.snapshot_interval`): each
+/// group — every shard and the metadata group — with something applied since its last
+/// snapshot takes one, and each group's log is purged up to the snapshot it had one round
+/// earlier. So a follower less than a round behind still catches up from the log, and no
+/// group, however quiet, holds on to old segments: the shared log frees a segment only when
+/// every group is done with it, and before this a shard without writes (or the metadata
+/// group, which purged only every 1 000 entries) kept every segment on disk for good.
+async fn snapshot_loop(
+    shards: Vec<Raft<ShardRaft>>,
+    meta: Raft<crate::meta::group::MetaRaft>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.tick().await;
+    let mut earlier: Vec<Option<u64>> = vec![None; shards.len()];
+    let mut meta_earlier = None;
+    loop {
+        tick.tick().await;
+        for (raft, earlier) in shards.iter().zip(&mut earlier) {
+            *earlier = snapshot_round(raft, *earlier).await;
+        }
+        meta_earlier = snapshot_round(&meta, meta_earlier).await;
+    }
+}
+
+/// One group's round (see [`snapshot_loop`]): purges up to `earlier`, snapshots if due, and
+/// returns the snapshot it has now (the next round's `earlier`).
+async fn snapshot_round<C>(raft: &Raft<C>, earlier: Option<u64>) -> Option<u64>
+where
+    C: openraft::RaftTypeConfig<NodeId = u64>,
+{
+    let m = raft.metrics().borrow().clone();
+    if let Some(upto) = earlier {
+        if m.purged.map(|l| l.index) < Some(upto) {
+            if let Err(e) = raft.trigger().purge_log(upto).await {
+                warn!(cause = %e, "could not release the log");
+            }
+        }
+    }
+    if m.last_applied.map(|l| l.index) > m.snapshot.as_ref().map(|s| s.index) {
+        if let Err(e) = raft.trigger().snapshot().await {
+            warn!(cause = %e, "could not start a snapshot");
+        }
+    }
+    m.snapshot.map(|s| s.index)
 }
 
 impl Config {

@@ -188,3 +188,57 @@ async fn graceful_restart_keeps_data_and_snapshots() {
     drop(node);
     drop(keep);
 }
+
+/// The log frees its old segments once snapshots cover them, even when most shards get no
+/// writes and the metadata group hardly any: the shared log frees a segment only when every
+/// group is done with it, and before the snapshot loop purged every group a round after its
+/// snapshot, such quiet groups kept every segment on disk for good. Then a restart finds
+/// every point (the snapshots have what the freed segments held).
+#[tokio::test]
+async fn old_log_segments_are_freed_while_most_shards_are_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pb.toml");
+    std::fs::write(
+        &cfg,
+        "[storage]\nsnapshot_interval = \"1s\"\nwal_segment_bytes = 131072\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start_in(&data, &["--config", cfg.to_str().unwrap()]).await;
+    let base = now_ms() - 60_000;
+    // One series: one shard gets every point, the others none.
+    let mut sent = 0;
+    for b in 0..40 {
+        let pts: Vec<Value> = (0..500)
+            .map(|i| point("one_series", base + b * 500 + i, 1.0, &[("host", "only")]))
+            .collect();
+        let (status, body) = node.ingest(&json!({"data_points": pts})).await;
+        assert_eq!(status, 200, "{body}");
+        sent += 500;
+    }
+    // Segment files are numbered from 1: the newest's number is how many were made.
+    let written: u64 = wal_segments(&data)
+        .last()
+        .and_then(|p| p.file_stem()?.to_str()?.parse().ok())
+        .unwrap();
+    assert!(written >= 3, "the load fills several segments: {written}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while wal_segments(&data).len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments not freed within 20 s: {} of {written} left",
+            wal_segments(&data).len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (data, keep) = node.terminate();
+    let node = Node::start_in(&data, &["--config", cfg.to_str().unwrap()]).await;
+    let (status, body) = node
+        .get("/api/v1/metrics/one_series/window?window=3h&aggregation=count")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["series"][0]["value"], sent as f64, "{body}");
+    drop(node);
+    drop(keep);
+    drop(dir);
+}

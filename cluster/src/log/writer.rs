@@ -9,7 +9,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::index::{GroupIndex, Loc};
 use super::recovery::{Recovered, SegmentInfo};
@@ -123,6 +123,8 @@ impl Writer {
             };
             let mut next = Some(first);
             let mut lingered = false;
+            // Whether the round moves some group's purge point (segments may be freed).
+            let mut purged = false;
             // Drain what is queued into one round, up to the byte cap.
             while let Some(msg) = next.take() {
                 match msg {
@@ -136,6 +138,7 @@ impl Writer {
                                 Op::Purge { upto, payload } => {
                                     let r = self.released.entry(group).or_insert(0);
                                     *r = (*r).max(upto);
+                                    purged = true;
                                     (Kind::Purge, upto, payload)
                                 }
                                 Op::Vote(payload) => (Kind::Vote, 0, payload),
@@ -181,6 +184,11 @@ impl Writer {
                     return;
                 }
                 self.publish();
+                // The purge records are durable: free what they release now, not at the
+                // next roll (an idle node would keep its old segments until then).
+                if purged {
+                    self.delete_released();
+                }
                 for done in self.dones.drain(..) {
                     done(Ok(()));
                 }
@@ -376,6 +384,19 @@ impl Writer {
             .take_while(|s| covered(s))
             .count();
         if n == 0 {
+            if let Some(first) = self.segments[..closed].first() {
+                let held: Vec<_> = first
+                    .max_index
+                    .iter()
+                    .filter(|(g, i)| released.get(*g).is_none_or(|r| r < *i))
+                    .map(|(g, i)| (*g, *i, released.get(g).copied()))
+                    .collect();
+                debug!(
+                    segment = first.id,
+                    ?held,
+                    "oldest segment still needed by (group, last index, released up to)"
+                );
+            }
             return;
         }
         for s in self.segments.drain(..n) {
