@@ -629,6 +629,11 @@ impl Engine {
         self.detector.0.abort();
         self.rebalancer.0.abort();
         snapshot_through_raft(self.groups.rafts(), Duration::from_secs(30)).await;
+        snapshot_through_raft(
+            std::slice::from_ref(self.groups.meta().raft()),
+            Duration::from_secs(10),
+        )
+        .await;
         for (shard, raft) in self.groups.rafts().iter().enumerate() {
             self.router.remove(shard as u32);
             if let Err(e) = raft.shutdown().await {
@@ -697,8 +702,11 @@ where
 /// the log the snapshot covers, and the log frees the segments nothing needs) and waits up
 /// to `within` for them: a stopped node keeps its points as snapshots, not as the log's
 /// encoded batches. The shard actors' own snapshot at shutdown follows regardless.
-async fn snapshot_through_raft(groups: &[Raft<ShardRaft>], within: Duration) {
-    let snapshot = |raft: &Raft<ShardRaft>| raft.metrics().borrow().snapshot.map(|s| s.index);
+async fn snapshot_through_raft<C>(groups: &[Raft<C>], within: Duration)
+where
+    C: openraft::RaftTypeConfig<NodeId = u64>,
+{
+    let snapshot = |raft: &Raft<C>| raft.metrics().borrow().snapshot.map(|s| s.index);
     // Each group's target: what it had applied when asked (a follower may go on applying
     // what its leader sends; that is not waited for).
     let mut waiting = Vec::new();
@@ -723,7 +731,7 @@ async fn snapshot_through_raft(groups: &[Raft<ShardRaft>], within: Duration) {
             let _ = raft.trigger().purge_log(upto).await;
         }
     }
-    let purged = |raft: &Raft<ShardRaft>| raft.metrics().borrow().purged.map(|l| l.index);
+    let purged = |raft: &Raft<C>| raft.metrics().borrow().purged.map(|l| l.index);
     while groups.iter().any(|r| purged(r) < snapshot(r)) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
