@@ -28,15 +28,21 @@ pub const MAX_IN_FLIGHT: u32 = 8;
 /// The largest batch frame: as large as the largest HTTP body, at most 16 MiB (a frame is
 /// held whole while it is read).
 const FRAME_CAP: usize = 16 << 20;
+/// Bytes of batch frames the node holds at once, over every connection and stream, in KiB:
+/// a frame is read only once its bytes fit, so many streams (each with batches in flight)
+/// wait for each other instead of adding up to gigabytes.
+const FRAME_BUDGET_KIB: usize = 256 << 10;
 
 pub struct QuicIngest {
     state: Weak<AppState>,
+    budget: Arc<Semaphore>,
 }
 
 impl QuicIngest {
     pub fn new(state: &Arc<AppState>) -> Self {
         Self {
             state: Arc::downgrade(state),
+            budget: Arc::new(Semaphore::new(FRAME_BUDGET_KIB)),
         }
     }
 }
@@ -46,10 +52,10 @@ impl ClientService for QuicIngest {
         &self,
         conn: quinn::Connection,
     ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let state = self.state.clone();
+        let (state, budget) = (self.state.clone(), self.budget.clone());
         Box::pin(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(serve_stream(state.clone(), send, recv));
+                tokio::spawn(serve_stream(state.clone(), budget.clone(), send, recv));
             }
         })
     }
@@ -61,11 +67,19 @@ enum ReadError {
     TooLong(String),
 }
 
-/// The next frame's body; `None` when the client finished the stream between frames.
+/// A frame's bytes, and its share of the node's frame budget (held until the batch is done).
+struct Frame {
+    body: Vec<u8>,
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The next frame; `None` when the client finished the stream between frames. With a
+/// `budget`, waits until the frame's bytes fit in it before reading them.
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     max: usize,
-) -> Result<Option<Vec<u8>>, ReadError> {
+    budget: Option<&Arc<Semaphore>>,
+) -> Result<Option<Frame>, ReadError> {
     let mut prefix = [0u8; LEN_BYTES];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -73,11 +87,23 @@ async fn read_frame(
         Err(e) => return Err(ReadError::Ended(e.to_string())),
     }
     let len = frame_len(prefix, max).map_err(ReadError::TooLong)?;
+    let permit = match budget {
+        Some(b) => Some(
+            b.clone()
+                .acquire_many_owned((len / 1024 + 1) as u32)
+                .await
+                .map_err(|e| ReadError::Ended(e.to_string()))?,
+        ),
+        None => None,
+    };
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
         .map_err(|e| ReadError::Ended(format!("inside a frame: {e}")))?;
-    Ok(Some(body))
+    Ok(Some(Frame {
+        body,
+        _budget: permit,
+    }))
 }
 
 fn error(seq: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
@@ -101,11 +127,16 @@ async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Server
     let _ = send.finish();
 }
 
-async fn serve_stream(state: Weak<AppState>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_stream(
+    state: Weak<AppState>,
+    budget: Arc<Semaphore>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let (tx, rx) = mpsc::channel::<ServerFrame>(2 * MAX_IN_FLIGHT as usize);
     let writer = tokio::spawn(write_frames(send, rx));
     if let Some(limits) = hello(&state, &mut recv, &tx).await {
-        serve_batches(&state, &mut recv, &tx, limits).await;
+        serve_batches(&state, &budget, &mut recv, &tx, limits).await;
     }
     drop(tx);
     let _ = writer.await;
@@ -128,8 +159,8 @@ async fn hello(
         let _ = tx.send(error(None, code, message)).await;
         None
     };
-    let bytes = match read_frame(recv, HELLO_MAX).await {
-        Ok(Some(b)) => b,
+    let bytes = match read_frame(recv, HELLO_MAX, None).await {
+        Ok(Some(f)) => f.body,
         Ok(None) => return None,
         Err(ReadError::Ended(e)) => {
             debug!(cause = %e, "ingest stream ended before its hello");
@@ -186,6 +217,7 @@ async fn hello(
 
 async fn serve_batches(
     state: &Weak<AppState>,
+    budget: &Arc<Semaphore>,
     recv: &mut quinn::RecvStream,
     tx: &mpsc::Sender<ServerFrame>,
     limits: Limits,
@@ -196,8 +228,8 @@ async fn serve_batches(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let bytes = match read_frame(recv, limits.max_frame).await {
-            Ok(Some(b)) => b,
+        let frame = match read_frame(recv, limits.max_frame, Some(budget)).await {
+            Ok(Some(f)) => f,
             Ok(None) => break,
             Err(ReadError::Ended(e)) => {
                 debug!(cause = %e, "ingest stream ended mid-frame; the partial frame is dropped");
@@ -209,7 +241,7 @@ async fn serve_batches(
                 break;
             }
         };
-        let (seq, batch_id, points) = match codec::decode::<ClientFrame>(&bytes) {
+        let (seq, batch_id, points) = match codec::decode::<ClientFrame>(&frame.body) {
             Ok(ClientFrame::Batch {
                 seq,
                 batch_id,
@@ -250,6 +282,7 @@ async fn serve_batches(
         tokio::spawn(async move {
             let answer = write_batch(&node, seq, batch_id, points, limits).await;
             drop(node);
+            drop(frame);
             let _ = tx.send(answer).await;
             drop(slot);
         });
