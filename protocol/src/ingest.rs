@@ -17,8 +17,9 @@
 //! once every point of it is durable (SPEC §6: in the write-ahead log of a majority of its
 //! shard's replicas), or with an [`ServerFrame::Error`] naming the batch's `seq`. Answers may
 //! come out of order: a node works on up to `Welcome::max_in_flight` batches of a stream at
-//! once and stops reading the stream while that many are open, so QUIC's flow control pushes
-//! back on a client that sends faster than the node makes points durable. Use a few streams
+//! once and stops reading the stream while that many are open (or while it holds as many
+//! frame bytes, over all streams, as it allows itself), so QUIC's flow control pushes back on
+//! a client that sends faster than the node makes points durable. Use a few streams
 //! (one per sending task) on one long-lived connection.
 //!
 //! A frame is a `u32` little-endian length, then that many bytes: the frame in bincode 2's
