@@ -696,8 +696,6 @@ where
     Ok(initialized)
 }
 
-/// Every `every`, asks each group that applied something new to snapshot (openraft then
-/// purges the log it covers, keeping a margin for lagging followers).
 /// Snapshots every group with something new applied through openraft (which then purges
 /// the log the snapshot covers, and the log frees the segments nothing needs) and waits up
 /// to `within` for them: a stopped node keeps its points as snapshots, not as the log's

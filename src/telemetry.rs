@@ -32,7 +32,26 @@ impl Protocol {
             Protocol::Quic => "quic",
         }
     }
+
+    const ALL: [Protocol; 4] = [
+        Protocol::Json,
+        Protocol::Line,
+        Protocol::Prom,
+        Protocol::Quic,
+    ];
 }
+
+/// What an accepted request carried that is not stored (counted, never dropped silently):
+/// line-protocol string fields, non-finite remote-write samples (staleness markers included),
+/// native histograms.
+#[derive(Clone, Copy)]
+pub enum Skipped {
+    StringField,
+    NonFiniteSample,
+    Histogram,
+}
+
+const SKIPPED: [&str; 3] = ["string_field", "non_finite_sample", "histogram"];
 
 /// Upper bounds, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -102,6 +121,7 @@ pub struct Telemetry {
     prom: ProtocolCounters,
     quic: ProtocolCounters,
     rejected_requests: [AtomicU64; REASONS.len()],
+    skipped: [AtomicU64; SKIPPED.len()],
     query_latency: Histogram,
 }
 
@@ -112,6 +132,12 @@ impl Telemetry {
             Protocol::Line => &self.line,
             Protocol::Prom => &self.prom,
             Protocol::Quic => &self.quic,
+        }
+    }
+
+    pub fn record_skipped(&self, what: Skipped, n: usize) {
+        if n > 0 {
+            self.skipped[what as usize].fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -153,12 +179,7 @@ impl Telemetry {
             "# HELP pulseboard_ingest_points_total Points acknowledged (durable and applied)."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_points_total counter");
-        for p in [
-            Protocol::Json,
-            Protocol::Line,
-            Protocol::Prom,
-            Protocol::Quic,
-        ] {
+        for p in Protocol::ALL {
             let c = self.proto(p);
             let _ = writeln!(
                 w,
@@ -172,12 +193,7 @@ impl Telemetry {
             "# HELP pulseboard_ingest_requests_total Ingest requests by outcome."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_requests_total counter");
-        for p in [
-            Protocol::Json,
-            Protocol::Line,
-            Protocol::Prom,
-            Protocol::Quic,
-        ] {
+        for p in Protocol::ALL {
             let c = self.proto(p);
             let _ = writeln!(
                 w,
@@ -204,17 +220,21 @@ impl Telemetry {
                 c.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(w, "# HELP pulseboard_ingest_skipped_total Values in accepted requests that are not stored, by kind.");
+        let _ = writeln!(w, "# TYPE pulseboard_ingest_skipped_total counter");
+        for (what, c) in SKIPPED.iter().zip(&self.skipped) {
+            let _ = writeln!(
+                w,
+                "pulseboard_ingest_skipped_total{{what=\"{what}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             w,
             "# HELP pulseboard_ingest_request_seconds Time from request to acknowledgement."
         );
         let _ = writeln!(w, "# TYPE pulseboard_ingest_request_seconds histogram");
-        for p in [
-            Protocol::Json,
-            Protocol::Line,
-            Protocol::Prom,
-            Protocol::Quic,
-        ] {
+        for p in Protocol::ALL {
             self.proto(p).latency.render(
                 w,
                 "pulseboard_ingest_request_seconds",

@@ -21,7 +21,7 @@ use serde_json::json;
 use super::ingest::{authorize, idempotency_key, query_pairs, write_lines};
 use super::{error_response, read_body, ApiError, Shared};
 use crate::error::Error;
-use crate::telemetry::Protocol;
+use crate::telemetry::{Protocol, Skipped};
 
 /// `GET|HEAD /ping`: InfluxDB clients check the server with it.
 pub async fn ping() -> Response {
@@ -130,8 +130,8 @@ pub async fn prom_write(State(state): State<Shared>, req: Request) -> Result<Res
         let limit = state.config.ingest.max_body_bytes;
         let raw = read_body(body, limit).await?;
         // Remote write bodies are compressed: the limit applies to what they inflate to, too.
-        let batch = protocol::prom::decode_write(&raw, limit.saturating_mul(8), &state.limits())
-            .map_err(|e| match e {
+        let batch =
+            protocol::prom::decode_write(&raw, limit, &state.limits()).map_err(|e| match e {
                 protocol::prom::PromError::TooLarge { limit, .. } => Error::TooLarge { limit },
                 other => Error::BadRequest(other.to_string()),
             })?;
@@ -143,10 +143,14 @@ pub async fn prom_write(State(state): State<Shared>, req: Request) -> Result<Res
             ));
         }
         let key = idempotency_key(&parts)?;
-        Ok(state
+        let n = state
             .engine
             .write_idempotent(batch.points, crate::now_ms(), key.as_deref())
-            .await?)
+            .await?;
+        let t = &state.telemetry;
+        t.record_skipped(Skipped::NonFiniteSample, batch.ignored_samples);
+        t.record_skipped(Skipped::Histogram, batch.ignored_histograms);
+        Ok(n)
     }
     .await;
     state

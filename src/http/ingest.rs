@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::{bearer, read_body, ApiError, ApiResult, Shared};
 use crate::error::Error;
 use crate::meta::{Action, Principal};
-use crate::telemetry::Protocol;
+use crate::telemetry::{Protocol, Skipped};
 
 /// Authenticates an ingest request: the bearer header, or else the seed's
 /// `authentication_token` body field (JSON only).
@@ -137,26 +137,31 @@ pub(super) async fn write_lines(
         protocol::line::parse_lines(text, precision, now, &state.limits()).map_err(Error::from)?;
     *ignored = batch.ignored_string_fields;
     let key = idempotency_key(parts)?;
-    Ok(state
+    let n = state
         .engine
         .write_idempotent(batch.points, now, key.as_deref())
-        .await?)
+        .await?;
+    state
+        .telemetry
+        .record_skipped(Skipped::StringField, batch.ignored_string_fields);
+    Ok(n)
 }
 
 /// The body, gunzipped if `Content-Encoding: gzip` (as Telegraf sends by default); `limit`
-/// bounds both the bytes received and the bytes they inflate to.
+/// bounds both the bytes received and the bytes they inflate to. A plain body is returned as
+/// read (no copy).
 pub(super) async fn read_encoded_body(
     parts: &Parts,
     body: axum::body::Body,
     limit: usize,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<axum::body::Bytes, ApiError> {
     let raw = read_body(body, limit).await?;
     let encoding = match parts.headers.get(axum::http::header::CONTENT_ENCODING) {
-        None => return Ok(raw.into()),
+        None => return Ok(raw),
         Some(v) => v.to_str().unwrap_or("").trim().to_ascii_lowercase(),
     };
     match encoding.as_str() {
-        "" | "identity" => Ok(raw.into()),
+        "" | "identity" => Ok(raw),
         "gzip" | "x-gzip" => {
             use std::io::Read;
             let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
@@ -167,7 +172,7 @@ pub(super) async fn read_encoded_body(
             if out.len() > limit {
                 return Err(Error::TooLarge { limit }.into());
             }
-            Ok(out)
+            Ok(out.into())
         }
         other => Err(Error::BadRequest(format!(
             "Content-Encoding {other:?} is not supported; send gzip or no encoding"

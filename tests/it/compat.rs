@@ -71,7 +71,7 @@ async fn influx_v1_and_v2_paths_take_line_protocol_and_answer_in_influx_shapes()
     let r = c
         .post(node.url("/api/v2/write?org=acme&bucket=metrics&precision=ms"))
         .header("Authorization", format!("Token {key}"))
-        .body(format!("cpu,host=d usage=8 {}\n", s * 1000))
+        .body(format!("cpu,host=d usage=8,state=\"ok\" {}\n", s * 1000))
         .send()
         .await
         .unwrap();
@@ -148,6 +148,11 @@ async fn influx_v1_and_v2_paths_take_line_protocol_and_answer_in_influx_shapes()
     // None of the failed writes wrote anything.
     assert_eq!(total(&points(&node, "cpu.usage", "host").await), 16.0);
 
+    // The string field was not stored, and is counted.
+    assert!(node
+        .metrics_text()
+        .await
+        .contains("pulseboard_ingest_skipped_total{what=\"string_field\"} 1\n"));
     let r = c.get(node.url("/ping")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 204);
     assert!(r.headers().contains_key("x-influxdb-version"));
@@ -293,6 +298,10 @@ async fn prometheus_remote_write_bodies_are_checked_and_partially_bad_ones_keep_
     assert!(
         metrics.contains("pulseboard_ingest_points_total{protocol=\"prom\"} 3\n"),
         "per-protocol counters: {metrics}"
+    );
+    assert!(
+        metrics.contains("pulseboard_ingest_skipped_total{what=\"non_finite_sample\"} 1\n"),
+        "the staleness marker is counted: {metrics}"
     );
 }
 

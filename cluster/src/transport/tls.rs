@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::{TransportError, MAX_STREAMS};
@@ -70,18 +70,15 @@ pub fn configs(
     client_alpns: &[Vec<u8>],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (chain, key) = match certificate {
-        Some(pem) => parse_certificate(pem).map_err(setup)?,
+    let generated;
+    let pem = match certificate {
+        Some(pem) => pem,
         None => {
-            let certified =
-                rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).map_err(setup)?;
-            let cert = CertificateDer::from(certified.cert.der().to_vec());
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                certified.signing_key.serialize_der(),
-            ));
-            (vec![cert], key)
+            generated = generate_certificate()?;
+            &generated
         }
     };
+    let (chain, key) = parse_certificate(pem).map_err(setup)?;
 
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
