@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{now_ms, Node};
+use crate::harness::{now_ms, sum_of_points, Node};
 
 /// The values of `metric` over the last hour, one series per `group_by`.
 async fn points(node: &Node, metric: &str, group_by: &str) -> Value {
@@ -19,17 +19,6 @@ async fn points(node: &Node, metric: &str, group_by: &str) -> Value {
         .await;
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// The sum of every value in a data answer (0 for an answer without series).
-fn total(body: &Value) -> f64 {
-    body["series"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["points"].as_array().into_iter().flatten())
-        .filter_map(|p| p[1].as_f64())
-        .sum()
 }
 
 fn gzip(text: &str) -> Vec<u8> {
@@ -78,7 +67,7 @@ async fn influx_v1_and_v2_paths_take_line_protocol_and_answer_in_influx_shapes()
     assert_eq!(r.status().as_u16(), 204, "{}", r.text().await.unwrap());
     let body = points(&node, "cpu.usage", "host").await;
     assert_eq!(body["series"].as_array().unwrap().len(), 4, "{body}");
-    assert_eq!(total(&body), 16.0, "{body}");
+    assert_eq!(sum_of_points(&body), 16.0, "{body}");
 
     // Errors keep their status and take each client's shape, naming what is wrong.
     let r = c
@@ -146,7 +135,10 @@ async fn influx_v1_and_v2_paths_take_line_protocol_and_answer_in_influx_shapes()
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
     // None of the failed writes wrote anything.
-    assert_eq!(total(&points(&node, "cpu.usage", "host").await), 16.0);
+    assert_eq!(
+        sum_of_points(&points(&node, "cpu.usage", "host").await),
+        16.0
+    );
 
     // The string field was not stored, and is counted.
     assert!(node
@@ -211,7 +203,7 @@ with InfluxDBClient(url=url, token="wrong", org="acme") as client:
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("refused 401"), "{stdout}");
     let body = points(&node, "players.online", "region").await;
-    assert_eq!(total(&body), 230.5, "{body}");
+    assert_eq!(sum_of_points(&body), 230.5, "{body}");
     assert_eq!(body["series"].as_array().unwrap().len(), 2, "{body}");
 }
 
@@ -288,7 +280,7 @@ async fn prometheus_remote_write_bodies_are_checked_and_partially_bad_ones_keep_
         "{e}"
     );
     let body = points(&node, "requests_total", "job").await;
-    assert_eq!(total(&body), 23.0, "{body}");
+    assert_eq!(sum_of_points(&body), 23.0, "{body}");
     assert_eq!(
         body["series"].as_array().unwrap().len(),
         3,
@@ -373,7 +365,7 @@ async fn a_real_prometheus_remote_writes_what_it_scrapes() {
         let (_, written) = node
             .get("/api/v1/metrics/pulseboard_ingest_requests_total/data?start=now-5m&granularity=1m&aggregation=max&filter=protocol:prom&filter=outcome:ok")
             .await;
-        if up == Some(1.0) && total(&written) > 0.0 {
+        if up == Some(1.0) && sum_of_points(&written) > 0.0 {
             break;
         }
         assert!(

@@ -260,6 +260,17 @@ pub async fn login(client: &reqwest::Client, base: &str, user: &str, password: &
     v["token"].as_str().expect("token").to_owned()
 }
 
+/// The sum of every value in a `/data` answer (0 for an answer without series).
+pub fn sum_of_points(body: &Value) -> f64 {
+    body["series"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["points"].as_array().into_iter().flatten())
+        .filter_map(|p| p[1].as_f64())
+        .sum()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

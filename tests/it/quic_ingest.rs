@@ -8,7 +8,7 @@ use protocol::ingest::{encode_frame, ClientFrame, ErrorCode, ServerFrame, VERSIO
 use protocol::DataPoint;
 use pulseboard_client::{Client, ClientError, Config, Transport};
 
-use crate::harness::{now_ms, Node};
+use crate::harness::{now_ms, sum_of_points, Node};
 
 /// The node's QUIC address (as the cluster view shows it) and its certificate.
 async fn quic_of(node: &Node) -> (String, String) {
@@ -40,13 +40,7 @@ async fn count(node: &Node, metric: &str) -> f64 {
         return 0.0;
     }
     assert_eq!(status, 200, "{body}");
-    body["series"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["points"].as_array().into_iter().flatten())
-        .filter_map(|p| p[1].as_f64())
-        .sum()
+    sum_of_points(&body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
