@@ -241,14 +241,16 @@ impl Engine {
         let mut groups = Vec::with_capacity(shards.len());
         for (shard, actor) in shards.iter().enumerate() {
             let shard = shard as u32;
-            let machine = ShardMachine::new(shard, actor.clone(), snap_dir.clone())
-                .await
-                .map_err(Error::Storage)?;
+            let store = LogStore::new(log.clone(), shard);
+            let machine =
+                ShardMachine::new(shard, actor.clone(), snap_dir.clone(), store.applied_mark())
+                    .await
+                    .map_err(Error::Storage)?;
             let raft = Raft::new(
                 node_id,
                 raft_config.clone(),
                 Network::new(node.transport.clone(), shard),
-                LogStore::new(log.clone(), shard),
+                store,
                 machine,
             )
             .await
@@ -256,12 +258,14 @@ impl Engine {
             node.router.insert(shard, Arc::new(raft.clone()));
             groups.push(raft);
         }
+        let meta_store = LogStore::new(log.clone(), META_GROUP);
+        let meta_machine = MetaMachine::new(meta, meta_store.applied_mark())?;
         let meta_raft = Raft::new(
             node_id,
             meta_raft_config()?,
             Network::new(node.transport.clone(), META_GROUP),
-            LogStore::new(log.clone(), META_GROUP),
-            MetaMachine::new(meta)?,
+            meta_store,
+            meta_machine,
         )
         .await
         .map_err(|e| Error::Storage(format!("metadata group: start its Raft: {e}")))?;

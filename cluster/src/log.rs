@@ -133,7 +133,9 @@ struct Counters {
 pub enum Op {
     Entry {
         index: u64,
-        payload: Vec<u8>,
+        /// Shared with the entry's other users (the log store's cache, replication), not
+        /// copied: the writer only reads it.
+        payload: Arc<[u8]>,
     },
     /// Forget entries at `from` and above.
     Truncate {
@@ -248,12 +250,15 @@ impl SharedLog {
                 max: segment::GROUP_MASK as usize,
             });
         }
-        let too_large = ops.iter().find_map(|op| match op {
-            Op::Entry { payload, .. }
-            | Op::Purge { payload, .. }
-            | Op::Vote(payload)
-            | Op::Committed(payload) => (payload.len() > MAX_PAYLOAD).then_some(payload.len()),
-            Op::Truncate { .. } => None,
+        let too_large = ops.iter().find_map(|op| {
+            let len = match op {
+                Op::Entry { payload, .. } => payload.len(),
+                Op::Purge { payload, .. } | Op::Vote(payload) | Op::Committed(payload) => {
+                    payload.len()
+                }
+                Op::Truncate { .. } => 0,
+            };
+            (len > MAX_PAYLOAD).then_some(len)
         });
         if let Some(bytes) = too_large {
             return Err(LogError::TooLarge {

@@ -4,7 +4,7 @@
 pub mod log_store;
 pub mod network;
 
-pub use log_store::LogStore;
+pub use log_store::{AppliedMark, LogStore};
 pub use network::{decode_append, encode_append};
 pub use network::{GroupRpc, Member, Network, Router};
 

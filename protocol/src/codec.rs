@@ -36,7 +36,16 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Appends the encoding of `value` to `buf`.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-    bincode::serde::encode_into_std_write(value, buf, bincode::config::standard())
+    encode_to_writer(value, buf)
+}
+
+/// Writes the encoding of `value` to `w` as it is produced (a large value, such as a shard's
+/// snapshot, never sits whole in memory).
+pub fn encode_to_writer<T: Serialize + ?Sized, W: std::io::Write>(
+    value: &T,
+    w: &mut W,
+) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, w, bincode::config::standard())
         .map(|_| ())
         .map_err(|e| CodecError::Encode(e.to_string()))
 }

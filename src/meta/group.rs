@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::raft::{storage_error, Member, RaftMeta};
+use cluster::raft::{storage_error, AppliedMark, Member, RaftMeta};
 use cluster::transport::{Transport, TransportError};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftStateMachine;
@@ -60,15 +60,23 @@ async fn blocking<T: Send + 'static>(
 pub struct MetaMachine {
     store: Arc<MetaStore>,
     meta: RaftMeta,
+    applied: AppliedMark<openraft::Entry<MetaRaft>>,
 }
 
 impl MetaMachine {
-    pub fn new(store: Arc<MetaStore>) -> Result<Self, MetaError> {
+    pub fn new(
+        store: Arc<MetaStore>,
+        applied: AppliedMark<openraft::Entry<MetaRaft>>,
+    ) -> Result<Self, MetaError> {
         let meta = RaftMeta::decode(&store.raft_meta()?).map_err(|reason| MetaError::Invalid {
             field: "raft_state",
             reason,
         })?;
-        Ok(Self { store, meta })
+        Ok(Self {
+            store,
+            meta,
+            applied,
+        })
     }
 }
 
@@ -139,8 +147,9 @@ impl RaftStateMachine<MetaRaft> for MetaMachine {
             };
             steps.push((e.log_id.index, cmd, self.meta.encode()));
         }
+        let last = steps.last().map(|s| s.0);
         let store = self.store.clone();
-        blocking(move || {
+        let outcomes = blocking(move || {
             steps
                 .into_iter()
                 .map(|(index, cmd, raft)| {
@@ -152,7 +161,11 @@ impl RaftStateMachine<MetaRaft> for MetaMachine {
                 .collect()
         })
         .await
-        .map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+        .map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        if let Some(last) = last {
+            self.applied.set(last);
+        }
+        Ok(outcomes)
     }
 
     async fn get_snapshot_builder(&mut self) -> MetaSnapshotBuilder {

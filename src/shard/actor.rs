@@ -7,7 +7,7 @@
 //! never a single point.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,9 @@ pub enum ShardMsg {
     /// watch as deltas (see `watch`).
     Watch(Arc<Watch>, RpcReplyPort<Partial>),
     Unwatch(u64),
-    /// Writes a snapshot of the state as applied now and replies with its bytes and the
-    /// Raft bookkeeping it holds.
-    Snapshot(RpcReplyPort<Result<snapshot::RawSnapshot, String>>),
+    /// Writes a snapshot of the state as applied now and replies with the Raft bookkeeping
+    /// it holds.
+    Snapshot(RpcReplyPort<Result<Vec<u8>, String>>),
     /// Replaces the state with one received from the group's leader (written to disk first).
     Install(Box<ShardState>, RpcReplyPort<Result<(), String>>),
 }
@@ -153,20 +153,22 @@ impl Actor for Shard {
     }
 }
 
-async fn write_file(dir: PathBuf, shard: u32, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-    tokio::task::spawn_blocking(move || snapshot::write(&dir, shard, &bytes).map(|_| bytes))
+/// Streams `state` to its temporary file on the actor (the actor owns the state), then makes
+/// it durable off the runtime's threads. Returns the snapshot's size.
+async fn write_snapshot(dir: &Path, shard: u32, state: &ShardState) -> Result<u64, String> {
+    let pending = snapshot::write_tmp(dir, shard, state).map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || pending.commit())
         .await
         .map_err(|e| format!("snapshot writer task failed: {e}"))?
         .map_err(|e| e.to_string())
 }
 
-async fn take_snapshot(st: &mut ShardActorState) -> Result<snapshot::RawSnapshot, String> {
+/// Writes the shard's snapshot; answers the Raft bookkeeping it records.
+async fn take_snapshot(st: &mut ShardActorState) -> Result<Vec<u8>, String> {
     let index = st.state.applied_index();
     let shard = st.state.shard();
     let started = Instant::now();
-    let bytes = snapshot::encode(&st.state).map_err(|e| e.to_string())?;
-    let size = bytes.len();
-    let bytes = write_file(st.snapshot_dir.clone(), shard, bytes).await?;
+    let size = write_snapshot(&st.snapshot_dir, shard, &st.state).await?;
     info!(
         shard,
         index,
@@ -174,7 +176,7 @@ async fn take_snapshot(st: &mut ShardActorState) -> Result<snapshot::RawSnapshot
         ms = started.elapsed().as_millis() as u64,
         "snapshot written"
     );
-    Ok((bytes, st.state.raft_meta().to_vec()))
+    Ok(st.state.raft_meta().to_vec())
 }
 
 async fn install(st: &mut ShardActorState, state: ShardState) -> Result<(), String> {
@@ -185,8 +187,7 @@ async fn install(st: &mut ShardActorState, state: ShardState) -> Result<(), Stri
             state.shard()
         ));
     }
-    let bytes = snapshot::encode(&state).map_err(|e| e.to_string())?;
-    write_file(st.snapshot_dir.clone(), shard, bytes).await?;
+    write_snapshot(&st.snapshot_dir, shard, &state).await?;
     info!(
         shard,
         index = state.applied_index(),

@@ -94,9 +94,24 @@ pub struct Cell {
     pub last: f64,
     pub last_ts: i64,
     pub last_seq: u64,
-    /// Allocated from the second value on: with one value, min == max == that value, and most
-    /// fine-grained cells of sparse series hold one value.
-    sketch: Option<Box<Sketch>>,
+    /// Filled from the second value on (empty, it costs no allocation): with one value,
+    /// min == max == that value, and most fine-grained cells of sparse series hold one value.
+    /// Encoded as an option, absent when empty (the encoding it had as `Option<Box<_>>`).
+    #[serde(with = "optional")]
+    sketch: Sketch,
+}
+
+mod optional {
+    use super::Sketch;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(sketch: &Sketch, s: S) -> Result<S::Ok, S::Error> {
+        (!sketch.is_empty()).then_some(sketch).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sketch, D::Error> {
+        Ok(Option::<Sketch>::deserialize(d)?.unwrap_or_default())
+    }
 }
 
 impl Cell {
@@ -109,20 +124,15 @@ impl Cell {
             last: v,
             last_ts: ts,
             last_seq: seq,
-            sketch: None,
+            sketch: Sketch::new(),
         }
     }
 
     fn sketch_mut(&mut self) -> &mut Sketch {
-        let single = self.min;
-        let count = self.count;
-        self.sketch.get_or_insert_with(|| {
-            let mut s = Sketch::new();
-            if count == 1 {
-                s.add(single);
-            }
-            Box::new(s)
-        })
+        if self.sketch.is_empty() && self.count == 1 {
+            self.sketch.add(self.min);
+        }
+        &mut self.sketch
     }
 
     pub fn add(&mut self, v: f64, ts: i64, seq: u64) {
@@ -153,9 +163,10 @@ impl Cell {
     /// `merge`, merging sketches only if `sketch` (see [`Cell::add_with`]).
     pub fn merge_with(&mut self, other: &Cell, sketch: bool) {
         if sketch {
-            match &other.sketch {
-                Some(s) => self.sketch_mut().merge(s),
-                None => self.sketch_mut().add(other.min),
+            if other.sketch.is_empty() {
+                self.sketch_mut().add(other.min);
+            } else {
+                self.sketch_mut().merge(&other.sketch);
             }
         }
         self.count += other.count;
@@ -176,15 +187,20 @@ impl Cell {
     /// A copy, with the sketch only if `sketch`.
     pub fn copy_with(&self, sketch: bool) -> Cell {
         Cell {
-            sketch: if sketch { self.sketch.clone() } else { None },
+            sketch: if sketch {
+                self.sketch.clone()
+            } else {
+                Sketch::new()
+            },
             ..*self
         }
     }
 
     pub fn quantile(&self, q: f64) -> f64 {
-        match &self.sketch {
-            Some(s) => s.quantile(q).unwrap_or(f64::NAN),
-            None => self.min,
+        if self.sketch.is_empty() {
+            self.min
+        } else {
+            self.sketch.quantile(q).unwrap_or(f64::NAN)
         }
     }
 
@@ -205,9 +221,7 @@ impl Cell {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.sketch
-            .as_ref()
-            .map_or(0, |s| std::mem::size_of::<Sketch>() + s.heap_bytes())
+        self.sketch.heap_bytes()
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cluster::raft::{storage_error, Member, RaftMeta};
+use cluster::raft::{storage_error, AppliedMark, Member, RaftMeta};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -47,17 +47,24 @@ pub struct ShardMachine {
     actor: ShardRef,
     snapshot_dir: PathBuf,
     meta: RaftMeta,
+    applied: AppliedMark<openraft::Entry<ShardRaft>>,
 }
 
 impl ShardMachine {
     /// A machine over a started actor; reads the bookkeeping of the state it loaded.
-    pub async fn new(shard: u32, actor: ShardRef, snapshot_dir: PathBuf) -> Result<Self, String> {
+    pub async fn new(
+        shard: u32,
+        actor: ShardRef,
+        snapshot_dir: PathBuf,
+        applied: AppliedMark<openraft::Entry<ShardRaft>>,
+    ) -> Result<Self, String> {
         let bytes = call(&actor, ShardMsg::RaftMeta).await?;
         Ok(Self {
             shard,
             actor,
             snapshot_dir,
             meta: RaftMeta::decode(&bytes)?,
+            applied,
         })
     }
 }
@@ -78,14 +85,17 @@ pub struct ShardSnapshotBuilder {
 impl RaftSnapshotBuilder<ShardRaft> for ShardSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<ShardRaft>, StorageError<u64>> {
         let snap_err = |e: String| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
-        let (bytes, meta) = call(&self.actor, ShardMsg::Snapshot)
+        let meta = call(&self.actor, ShardMsg::Snapshot)
             .await
             .and_then(|r| r)
             .map_err(snap_err)?;
         let meta = RaftMeta::decode(&meta).map_err(snap_err)?;
+        // The snapshot is on disk; openraft (0.9) keeps only the metadata of a snapshot it
+        // asked us to build, and reads the data back through `get_current_snapshot` when a
+        // follower needs it, so no copy of the data is handed over here.
         Ok(Snapshot {
             meta: snapshot_meta(self.shard, &meta),
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -129,6 +139,9 @@ impl RaftStateMachine<ShardRaft> for ShardMachine {
             .map_err(|e| apply_err(format!("the shard actor is gone: {e}")))?;
         wait.await
             .map_err(|_| apply_err("the shard actor stopped while applying".into()))?;
+        if let Some(last) = self.meta.last_applied {
+            self.applied.set(last.index);
+        }
         Ok(vec![(); n])
     }
 

@@ -61,12 +61,26 @@ impl Rollup {
             Some(_) => {
                 match self.cells.binary_search_by_key(&bucket, |c| c.0) {
                     Ok(i) => self.cells[i].1.add(v, ts, seq),
-                    Err(i) => self.cells.insert(i, (bucket, Cell::new(v, ts, seq))),
+                    Err(i) => {
+                        self.make_room();
+                        self.cells.insert(i, (bucket, Cell::new(v, ts, seq)));
+                    }
                 }
                 return;
             }
         }
+        self.make_room();
         self.cells.push_back((bucket, Cell::new(v, ts, seq)));
+    }
+
+    /// Grows a full level by an eighth (at least 4 cells) rather than letting it double: a
+    /// level gains one cell a minute or an hour for weeks, and doubling left a third of every
+    /// level's memory unused on average (half, just after growing). Still amortised O(1) a
+    /// cell when history is loaded in bulk.
+    fn make_room(&mut self) {
+        if self.cells.len() == self.cells.capacity() {
+            self.cells.reserve_exact((self.cells.len() / 8).max(4));
+        }
     }
 
     /// Drops cells whose bucket starts before `cutoff`.

@@ -4,7 +4,7 @@
 //! length, then the body (the codec's encoding of the shard state).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::state::{ShardState, Snapshot};
@@ -31,39 +31,99 @@ pub fn path(dir: &Path, shard: u32) -> PathBuf {
     dir.join(format!("shard-{shard:04}.snap"))
 }
 
-pub fn encode(state: &ShardState) -> Result<Vec<u8>, SnapshotError> {
-    let mut out = vec![0u8; HEADER];
-    protocol::codec::encode_into(&state.to_snapshot(), &mut out)
-        .map_err(|e| SnapshotError::Encode(e.to_string()))?;
-    let body_len = (out.len() - HEADER) as u64;
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[..8].copy_from_slice(MAGIC);
-    out[8..12].copy_from_slice(&crc.to_le_bytes());
-    out[12..20].copy_from_slice(&body_len.to_le_bytes());
-    Ok(out)
+/// A snapshot written to its temporary file but not yet durable or in place: `commit` does
+/// the blocking part (fsync, rename, fsync of the directory), off the shard actor.
+pub struct Pending {
+    file: File,
+    tmp: PathBuf,
+    final_path: PathBuf,
+    dir: PathBuf,
+    pub bytes: u64,
 }
 
-pub fn write(dir: &Path, shard: u32, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let final_path = path(dir, shard);
+/// Counts and checksums what passes through to the file.
+struct Summing<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Summing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io { op, path, source }
+}
+
+/// Streams `state` into `shard`'s temporary snapshot file: the encoding goes to the file as
+/// it is produced, so a snapshot never sits whole in memory (every shard snapshots in the same
+/// round; holding their encodings at once doubled a loaded node's memory for a moment). The
+/// header (magic, CRC, length) is written last, over a zeroed placeholder.
+pub fn write_tmp(dir: &Path, shard: u32, state: &ShardState) -> Result<Pending, SnapshotError> {
     let tmp = dir.join(format!("shard-{shard:04}.snap.tmp"));
-    let io_err = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SnapshotError::Io { op, path, source }
-    };
     let mut f = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
-    f.write_all(bytes).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("fsync", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, &final_path).map_err(io_err("rename", &final_path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync dir", dir))?;
-    Ok(())
+    f.write_all(&[0u8; HEADER]).map_err(io_err("write", &tmp))?;
+    let mut body = Summing {
+        inner: BufWriter::with_capacity(256 << 10, f),
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    protocol::codec::encode_to_writer(&state.to_snapshot(), &mut body).map_err(|e| match e {
+        protocol::codec::CodecError::Encode(m) => SnapshotError::Encode(m),
+        other => SnapshotError::Encode(other.to_string()),
+    })?;
+    let Summing { inner, crc, len } = body;
+    let mut f = inner
+        .into_inner()
+        .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+    let crc = crc.finalize();
+    let mut head = [0u8; HEADER];
+    head[..8].copy_from_slice(MAGIC);
+    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    head[12..20].copy_from_slice(&len.to_le_bytes());
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(&head))
+        .map_err(io_err("write", &tmp))?;
+    Ok(Pending {
+        file: f,
+        tmp,
+        final_path: path(dir, shard),
+        dir: dir.to_path_buf(),
+        bytes: HEADER as u64 + len,
+    })
+}
+
+impl Pending {
+    /// Makes the snapshot durable and puts it in place of the old one.
+    pub fn commit(self) -> Result<u64, SnapshotError> {
+        self.file.sync_all().map_err(io_err("fsync", &self.tmp))?;
+        drop(self.file);
+        fs::rename(&self.tmp, &self.final_path).map_err(io_err("rename", &self.final_path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync dir", &self.dir))?;
+        Ok(self.bytes)
+    }
+}
+
+/// [`write_tmp`] and [`Pending::commit`] in one call.
+pub fn write(dir: &Path, shard: u32, state: &ShardState) -> Result<u64, SnapshotError> {
+    write_tmp(dir, shard, state)?.commit()
 }
 
 /// The file's bytes, or `None` when there is no file.
@@ -179,7 +239,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(read(dir.path(), 1).expect("read").is_none());
         let state = ShardState::new(1, Layout::default());
-        write(dir.path(), 1, &encode(&state).expect("encode")).expect("write");
+        write(dir.path(), 1, &state).expect("write");
         assert!(read(dir.path(), 1).expect("read").is_some());
         let p = path(dir.path(), 1);
         let mut bytes = fs::read(&p).expect("read file");

@@ -53,7 +53,7 @@ fn write_entries(log: &SharedLog, records: &[(u32, u64)]) {
             g,
             vec![Op::Entry {
                 index: i,
-                payload: payload(g, i),
+                payload: payload(g, i).into(),
             }],
         );
     }
@@ -264,7 +264,7 @@ fn oversized_records_and_groups_are_refused() {
     let (log, _) = open(LogConfig::new(dir.path()));
     let big = Op::Entry {
         index: 1,
-        payload: vec![0; MAX_PAYLOAD + 1],
+        payload: vec![0; MAX_PAYLOAD + 1].into(),
     };
     assert!(matches!(
         block_on(log.write(0, vec![big], None)),
@@ -281,7 +281,7 @@ fn a_torn_multi_record_write_is_dropped_whole() {
         (from..=to)
             .map(|i| Op::Entry {
                 index: i,
-                payload: payload(0, i),
+                payload: payload(0, i).into(),
             })
             .collect()
     };

@@ -132,8 +132,12 @@ impl Writer {
                         self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
                         let last = ops.len().saturating_sub(1);
                         for (n, op) in ops.into_iter().enumerate() {
+                            let end = n == last;
                             let (kind, index, payload) = match op {
-                                Op::Entry { index, payload } => (Kind::Entry, index, payload),
+                                Op::Entry { index, payload } => {
+                                    self.encode(group, Kind::Entry, index, &payload, end);
+                                    continue;
+                                }
                                 Op::Truncate { from } => (Kind::Truncate, from, Vec::new()),
                                 Op::Purge { upto, payload } => {
                                     let r = self.released.entry(group).or_insert(0);
@@ -144,7 +148,7 @@ impl Writer {
                                 Op::Vote(payload) => (Kind::Vote, 0, payload),
                                 Op::Committed(payload) => (Kind::Committed, 0, payload),
                             };
-                            self.encode(group, kind, index, payload, n == last);
+                            self.encode(group, kind, index, &payload, end);
                         }
                         if let Some(done) = done {
                             self.dones.push(done);
@@ -229,17 +233,19 @@ impl Writer {
     }
 
     /// Frames one record into the round's buffer.
-    fn encode(&mut self, group: u32, kind: Kind, index: u64, payload: Vec<u8>, unit_end: bool) {
-        let at = segment::encode_record(&mut self.buf, group, kind, index, &payload, unit_end);
+    fn encode(&mut self, group: u32, kind: Kind, index: u64, payload: &[u8], unit_end: bool) {
+        let at = segment::encode_record(&mut self.buf, group, kind, index, payload, unit_end);
         let loc = Loc {
             segment: self.active_id(),
             offset: self.len + at as u64,
             len: payload.len() as u32,
         };
+        // The index keeps the small records' payloads (vote, commit, purge point); entries
+        // are read back from the segment.
         let payload = if kind == Kind::Entry {
             Vec::new()
         } else {
-            payload
+            payload.to_vec()
         };
         self.written.push(Written {
             group,
@@ -362,7 +368,7 @@ impl Writer {
             return Ok(());
         }
         for (g, kind, index, payload) in records {
-            self.encode(g, kind, index, payload, true);
+            self.encode(g, kind, index, &payload, true);
         }
         self.commit()?;
         self.publish();

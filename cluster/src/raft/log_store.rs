@@ -2,8 +2,9 @@
 //!
 //! Entries are encoded with `protocol::codec` and appended with the group's own indices, so
 //! every group on the node shares one group commit. Recent entries stay in memory (appended
-//! ones until durable, then up to [`CACHE_BYTES`] of their encoding per group): the state
-//! machine and replication read them back right after they are written, and an entry whose
+//! ones until durable, durable ones until applied — up to [`CACHE_BYTES`] of their encoding
+//! per group — and then [`APPLIED_CACHE_BYTES`] of the newest applied): the state machine and
+//! replication read them back right after they are written, and an entry whose
 //! data is shared (`ShardBatch` points sit behind an `Arc`) clones cheaply. Older ones are
 //! read back from the segment files, which only a lagging follower's replication asks for.
 
@@ -24,15 +25,24 @@ use serde::Serialize;
 
 use crate::log::{Op, SharedLog};
 
-/// Encoded bytes of durable entries a group keeps in memory.
-pub const CACHE_BYTES: usize = 256 << 10;
+/// Encoded bytes of applied entries a group keeps in memory, for replication to a follower a
+/// little behind (one further behind is sent entries read back from disk). An entry in memory
+/// is its decoded points (several times its encoding) plus the encoding, so this is kept small.
+pub const APPLIED_CACHE_BYTES: usize = 64 << 10;
+/// Encoded bytes of durable entries a group keeps in memory even before they are applied;
+/// past it the oldest leave memory and apply reads them back from disk (a state machine far
+/// behind must not make its log hold everything it has yet to apply).
+pub const CACHE_BYTES: usize = 4 << 20;
 
 struct Cache<E> {
-    /// Entries not yet durable, and the most recent durable ones, with their encoded size.
+    /// Entries not yet durable, the durable ones not yet applied, and the most recent applied
+    /// ones, with their encoded size.
     entries: BTreeMap<u64, (E, usize)>,
     bytes: usize,
     /// Highest index known durable.
     durable: Option<u64>,
+    /// Highest index the state machine reported applied (see [`AppliedMark`]).
+    applied: Option<u64>,
     /// Highest index in the log (after truncations), durable or not.
     last: Option<u64>,
     /// The committed position to write with the next append (see `save_committed`).
@@ -40,18 +50,40 @@ struct Cache<E> {
 }
 
 impl<E> Cache<E> {
+    /// Drops the oldest durable entries while the applied ones exceed `APPLIED_CACHE_BYTES`
+    /// or all of them `CACHE_BYTES`. An entry not yet durable stays: it exists nowhere else.
     fn trim(&mut self) {
-        while self.bytes > CACHE_BYTES {
-            let Some((&first, _)) = self.entries.first_key_value() else {
-                break;
-            };
+        let mut applied_bytes: usize = match self.applied {
+            Some(a) => self.entries.range(..=a).map(|(_, (_, size))| size).sum(),
+            None => 0,
+        };
+        while let Some((&first, _)) = self.entries.first_key_value() {
             if self.durable.is_none_or(|d| first > d) {
+                break;
+            }
+            let applied = self.applied.is_some_and(|a| first <= a);
+            if !(applied && applied_bytes > APPLIED_CACHE_BYTES || self.bytes > CACHE_BYTES) {
                 break;
             }
             if let Some((_, size)) = self.entries.remove(&first) {
                 self.bytes -= size;
+                if applied {
+                    applied_bytes -= size;
+                }
             }
         }
+    }
+}
+
+/// A group's state machine reports through this how far it has applied, so the group's log
+/// store drops from memory the entries no one is about to read (see `APPLIED_CACHE_BYTES`).
+pub struct AppliedMark<E>(Arc<Mutex<Cache<E>>>);
+
+impl<E> AppliedMark<E> {
+    pub fn set(&self, index: u64) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        c.applied = Some(c.applied.map_or(index, |a| a.max(index)));
+        c.trim();
     }
 }
 
@@ -94,10 +126,16 @@ where
                 entries: BTreeMap::new(),
                 bytes: 0,
                 durable: last,
+                applied: None,
                 last,
                 committed: None,
             })),
         }
+    }
+
+    /// The handle the group's state machine reports applied entries through.
+    pub fn applied_mark(&self) -> AppliedMark<C::Entry> {
+        AppliedMark(self.cache.clone())
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache<C::Entry>> {
@@ -277,8 +315,7 @@ where
                 let index = entry.get_log_id().index;
                 let payload = entry
                     .encoded()
-                    .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?
-                    .to_vec();
+                    .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
                 let size = payload.len();
                 c.bytes += size;
                 if let Some((_, old)) = c.entries.insert(index, (entry, size)) {
@@ -348,5 +385,42 @@ where
         }])
         .await
         .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn cache(entries: u64, size: usize) -> Cache<u64> {
+        Cache {
+            entries: (1..=entries).map(|i| (i, (i, size))).collect(),
+            bytes: entries as usize * size,
+            durable: None,
+            applied: None,
+            last: Some(entries),
+            committed: None,
+        }
+    }
+
+    #[test]
+    fn trim_keeps_what_is_not_durable_or_not_applied() {
+        let size = 16 << 10;
+        // 8 MiB cached, nothing durable: all of it stays (it exists nowhere else).
+        let mut c = cache(512, size);
+        c.trim();
+        assert_eq!(c.entries.len(), 512);
+        // All durable, none applied: down to CACHE_BYTES, oldest first.
+        c.durable = Some(512);
+        c.trim();
+        assert_eq!(c.bytes, CACHE_BYTES);
+        assert_eq!(c.entries.first_key_value().map(|e| *e.0), Some(257));
+        // Applied up to 400: those past the newest APPLIED_CACHE_BYTES go; the unapplied stay.
+        let mark = AppliedMark(Arc::new(Mutex::new(c)));
+        mark.set(400);
+        let c = mark.0.lock().expect("lock");
+        assert!(c.entries.contains_key(&401));
+        assert_eq!(c.entries.len(), 112 + APPLIED_CACHE_BYTES / size);
+        assert_eq!(c.entries.first_key_value().map(|e| *e.0), Some(397));
     }
 }
