@@ -604,6 +604,7 @@ impl Engine {
             total.rollup_cells += s.rollup_cells;
             total.rollup_bytes += s.rollup_bytes;
             total.applied_index += s.applied_index;
+            total.asleep += s.asleep;
         }
         Ok(total)
     }

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::membership::{ClusterView, NodeView, ShardView};
 use crate::meta::group::MetaGroup;
 use crate::shard::group::ShardRaft;
-use crate::shard::ShardRef;
+use crate::shard::{ShardMsg, ShardRef};
 
 mod fragments;
 mod watches;
@@ -768,6 +768,9 @@ const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 /// moves replicas. A join or a removal reconciles every group at once; the background pass
 /// catches what they missed (a group whose leader was down then, an interrupted change).
 const SETTLED_FOR: Duration = Duration::from_secs(3);
+/// How long a shard copy this node does not serve must have applied nothing before it is put
+/// to sleep (see `RaftGroups::hibernate_idle`).
+const HIBERNATE_AFTER: Duration = Duration::from_secs(10);
 
 impl RaftGroups {
     /// Moves replicas of the groups this node leads to where the shard map places them,
@@ -777,10 +780,12 @@ impl RaftGroups {
         tokio::spawn(async move {
             let mut key = None;
             let mut since = Instant::now();
+            let mut idle: HashMap<u32, (u64, Instant, bool)> = HashMap::new();
             let mut tick = tokio::time::interval(REBALANCE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                me.hibernate_idle(&mut idle).await;
                 let p = me.placement();
                 if p.key != key {
                     key = p.key;
@@ -814,6 +819,52 @@ impl RaftGroups {
                 }
             }
         })
+    }
+
+    /// Puts to sleep (`ShardMsg::Hibernate`: state on disk only) each shard copy this node
+    /// does not serve — the shard map places it elsewhere and this node does not lead it —
+    /// once it has applied nothing for [`HIBERNATE_AFTER`]: a copy a rebalance moved away,
+    /// or one a removal left behind, would otherwise stay in memory until retention drained
+    /// it. A copy still in its group that applies an entry wakes up (reads its snapshot
+    /// back), so sleeping never loses or hides a point. `idle` remembers, per shard, the
+    /// applied index last seen, since when, and whether it is asleep.
+    async fn hibernate_idle(&self, idle: &mut HashMap<u32, (u64, Instant, bool)>) {
+        let p = self.placement();
+        if p.nodes.is_empty() {
+            return;
+        }
+        for shard in 0..self.rafts.len() as u32 {
+            let placed = p.targets.get(shard as usize).is_some_and(|t| !t.is_empty());
+            if !placed || self.serves(shard) {
+                idle.remove(&shard);
+                continue;
+            }
+            let Ok(raft) = self.raft(shard) else { continue };
+            let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+            match idle.get_mut(&shard) {
+                Some((seen, since, asleep)) if *seen == applied => {
+                    if *asleep || since.elapsed() < HIBERNATE_AFTER {
+                        continue;
+                    }
+                    let Some(actor) = self.shards.get(shard as usize) else {
+                        continue;
+                    };
+                    match actor
+                        .call(ShardMsg::Hibernate, Some(Duration::from_secs(60)))
+                        .await
+                    {
+                        Ok(ractor::rpc::CallResult::Success(Ok(()))) => *asleep = true,
+                        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                            warn!(shard, cause = %e, "could not put a shard copy to sleep")
+                        }
+                        _ => warn!(shard, "the shard did not answer the request to sleep"),
+                    }
+                }
+                _ => {
+                    idle.insert(shard, (applied, Instant::now(), false));
+                }
+            }
+        }
     }
 
     /// Whether this node leads `shard` and its members differ from the shard map's.

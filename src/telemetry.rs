@@ -317,6 +317,9 @@ impl Telemetry {
             let _ = writeln!(w, "pulseboard_rollup_cells {}", s.rollup_cells);
             let _ = writeln!(w, "# TYPE pulseboard_rollup_bytes gauge");
             let _ = writeln!(w, "pulseboard_rollup_bytes {}", s.rollup_bytes);
+            let _ = writeln!(w, "# HELP pulseboard_shards_asleep Shard copies this node no longer serves, kept on disk only (read back if their group applies to them again).");
+            let _ = writeln!(w, "# TYPE pulseboard_shards_asleep gauge");
+            let _ = writeln!(w, "pulseboard_shards_asleep {}", s.asleep);
         }
         o
     }

@@ -50,6 +50,11 @@ pub enum ShardMsg {
     Snapshot(RpcReplyPort<Result<Vec<u8>, String>>),
     /// Replaces the state with one received from the group's leader (written to disk first).
     Install(Box<ShardState>, RpcReplyPort<Result<(), String>>),
+    /// Writes a snapshot and drops the state from memory, keeping only its position (applied
+    /// index, Raft bookkeeping): for a copy of a shard this node no longer serves (see
+    /// `RaftGroups::hibernate_idle`). Any message that needs the state reads it back from the
+    /// snapshot first. Replies whether the shard is asleep.
+    Hibernate(RpcReplyPort<Result<(), String>>),
 }
 
 pub struct ShardArgs {
@@ -61,9 +66,35 @@ pub struct ShardArgs {
 pub struct Shard;
 
 pub struct ShardActorState {
+    /// While `asleep`, a stand-in that holds only the applied index and Raft bookkeeping of
+    /// the snapshot on disk, which holds the rest.
     state: ShardState,
+    asleep: bool,
     watchers: Watchers,
     snapshot_dir: PathBuf,
+}
+
+impl ShardActorState {
+    /// The state, read back from its snapshot if the shard is asleep.
+    fn awake(&mut self) -> Result<&mut ShardState, String> {
+        if self.asleep {
+            let shard = self.state.shard();
+            let state = snapshot::read(&self.snapshot_dir, shard)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("shard {shard} is asleep but has no snapshot"))?;
+            if state.applied_index() != self.state.applied_index() {
+                return Err(format!(
+                    "shard {shard} fell asleep at index {} but its snapshot is at {}",
+                    self.state.applied_index(),
+                    state.applied_index()
+                ));
+            }
+            self.state = state;
+            self.asleep = false;
+            info!(shard, "shard woke up (read back from its snapshot)");
+        }
+        Ok(&mut self.state)
+    }
 }
 
 impl Actor for Shard {
@@ -79,6 +110,7 @@ impl Actor for Shard {
         myself.send_interval(args.tick, || ShardMsg::Tick);
         Ok(ShardActorState {
             state: args.state,
+            asleep: false,
             watchers: Watchers::default(),
             snapshot_dir: args.snapshot_dir,
         })
@@ -96,37 +128,42 @@ impl Actor for Shard {
                 raft_meta,
                 done,
             } => {
+                st.awake()?;
+                let state = &mut st.state;
                 for (index, batch) in entries {
                     match batch {
                         Some(batch) => {
-                            if st.state.apply(index, &batch) {
+                            if state.apply(index, &batch) {
                                 // Before the acknowledgement: a live dashboard hears of the
                                 // point no later than the client that wrote it.
-                                st.watchers.emit(st.state.shard(), &batch);
+                                st.watchers.emit(state.shard(), &batch);
                             }
                         }
-                        None => st.state.advance(index),
+                        None => state.advance(index),
                     }
                 }
-                st.state.set_raft_meta(raft_meta);
+                state.set_raft_meta(raft_meta);
                 // The requester may have gone: the entries are applied anyway.
                 let _ = done.send(());
             }
             ShardMsg::Query(q, reply) => {
-                let _ = reply.send(st.state.query(&q));
+                let _ = reply.send(st.awake()?.query(&q));
             }
             ShardMsg::Metrics(reply) => {
-                let _ = reply.send(st.state.metrics());
+                let _ = reply.send(st.awake()?.metrics());
             }
             ShardMsg::Dimensions(metric, reply) => {
-                let _ = reply.send(st.state.dimensions(&metric));
+                let _ = reply.send(st.awake()?.dimensions(&metric));
             }
             ShardMsg::Stats(reply) => {
-                let _ = reply.send(st.state.stats());
+                // Asleep, the stand-in counts nothing held in memory: what the stats are for.
+                let mut stats = st.state.stats();
+                stats.asleep = st.asleep as u64;
+                let _ = reply.send(stats);
             }
             ShardMsg::SeriesHashes(reply) => {
                 let hashes = st
-                    .state
+                    .awake()?
                     .series_hashes()
                     .map(|(m, h)| (m.to_owned(), h))
                     .collect();
@@ -136,17 +173,29 @@ impl Actor for Shard {
                 let _ = reply.send(st.state.raft_meta().to_vec());
             }
             ShardMsg::Watch(w, reply) => {
-                let partial = st.state.query(&w.query);
+                let partial = st.awake()?.query(&w.query);
                 st.watchers.add(w);
                 let _ = reply.send(partial);
             }
             ShardMsg::Unwatch(id) => st.watchers.remove(id),
-            ShardMsg::Tick => st.state.evict(crate::now_ms()),
+            ShardMsg::Tick => {
+                if !st.asleep {
+                    st.state.evict(crate::now_ms());
+                }
+            }
             ShardMsg::Snapshot(reply) => {
-                let _ = reply.send(take_snapshot(st).await);
+                let _ = reply.send(if st.asleep {
+                    // The snapshot it fell asleep on is the state as applied.
+                    Ok(st.state.raft_meta().to_vec())
+                } else {
+                    take_snapshot(st).await
+                });
             }
             ShardMsg::Install(state, reply) => {
                 let _ = reply.send(install(st, *state).await);
+            }
+            ShardMsg::Hibernate(reply) => {
+                let _ = reply.send(hibernate(st).await);
             }
         }
         Ok(())
@@ -194,5 +243,119 @@ async fn install(st: &mut ShardActorState, state: ShardState) -> Result<(), Stri
         "installed a snapshot from the leader"
     );
     st.state = state;
+    st.asleep = false;
     Ok(())
+}
+
+/// See [`ShardMsg::Hibernate`].
+async fn hibernate(st: &mut ShardActorState) -> Result<(), String> {
+    if st.asleep {
+        return Ok(());
+    }
+    take_snapshot(st).await?;
+    let stats = st.state.stats();
+    let mut stand_in = ShardState::new(st.state.shard(), st.state.layout().clone());
+    stand_in.advance(st.state.applied_index());
+    stand_in.set_raft_meta(st.state.raft_meta().to_vec());
+    st.state = stand_in;
+    st.asleep = true;
+    info!(
+        shard = st.state.shard(),
+        series = stats.series,
+        bytes = stats.raw_bytes + stats.rollup_bytes,
+        "shard asleep: this node no longer serves it; its copy stays on disk only"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::state::Layout;
+    use protocol::DataPoint;
+
+    fn batch(shard: u32, host: &str, ts: i64) -> ShardBatch {
+        ShardBatch {
+            shard,
+            received_ms: ts,
+            points: vec![DataPoint {
+                metric: "cpu".into(),
+                timestamp_ms: ts,
+                value: 1.0,
+                dimensions: vec![("host".into(), host.into())],
+            }]
+            .into(),
+            batch_id: None,
+            hashes: Default::default(),
+            encoded: Default::default(),
+        }
+    }
+
+    async fn apply(actor: &ShardRef, index: u64, b: ShardBatch) {
+        let (done, wait) = oneshot::channel();
+        actor
+            .cast(ShardMsg::ApplyEntries {
+                entries: vec![(index, Some(b))],
+                raft_meta: format!("meta-{index}").into_bytes(),
+                done,
+            })
+            .expect("cast");
+        wait.await.expect("applied");
+    }
+
+    async fn ask<T: Send + 'static>(
+        actor: &ShardRef,
+        msg: impl FnOnce(RpcReplyPort<T>) -> ShardMsg,
+    ) -> T {
+        match actor.call(msg, Some(Duration::from_secs(10))).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => v,
+            _ => panic!("the shard did not answer"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_asleep_shard_holds_nothing_in_memory_and_wakes_with_every_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ShardArgs {
+            state: ShardState::new(3, Layout::default()),
+            snapshot_dir: dir.path().to_path_buf(),
+            tick: Duration::from_secs(3600),
+        };
+        let (actor, _handle) = Actor::spawn(None, Shard, args).await.expect("spawn");
+        apply(&actor, 1, batch(3, "a", 1_000)).await;
+        apply(&actor, 2, batch(3, "b", 2_000)).await;
+        assert_eq!(ask(&actor, ShardMsg::Stats).await.series, 2);
+
+        ask(&actor, ShardMsg::Hibernate).await.expect("hibernate");
+        let stats = ask(&actor, ShardMsg::Stats).await;
+        assert_eq!((stats.series, stats.asleep, stats.applied_index), (0, 1, 2));
+        assert_eq!(ask(&actor, ShardMsg::RaftMeta).await, b"meta-2");
+        // Asleep, a snapshot request leaves the snapshot it fell asleep on as it is.
+        let file = snapshot::path(dir.path(), 3);
+        let before = std::fs::read(&file).expect("snapshot file");
+        assert_eq!(
+            ask(&actor, ShardMsg::Snapshot).await.expect("snapshot"),
+            b"meta-2"
+        );
+        assert_eq!(std::fs::read(&file).expect("snapshot file"), before);
+
+        // A read wakes it with everything it had.
+        let metrics = ask(&actor, ShardMsg::Metrics).await;
+        assert_eq!(metrics.get("cpu"), Some(&2));
+        ask(&actor, ShardMsg::Hibernate).await.expect("hibernate");
+        // So does an entry its group applies: nothing from before sleep is lost.
+        apply(&actor, 3, batch(3, "c", 3_000)).await;
+        let stats = ask(&actor, ShardMsg::Stats).await;
+        assert_eq!((stats.series, stats.asleep, stats.applied_index), (3, 0, 3));
+        assert_eq!(ask(&actor, ShardMsg::RaftMeta).await, b"meta-3");
+
+        // A damaged snapshot is an error, not an empty shard.
+        ask(&actor, ShardMsg::Hibernate).await.expect("hibernate");
+        std::fs::write(&file, b"garbage").expect("damage");
+        assert!(actor
+            .call(ShardMsg::Metrics, Some(Duration::from_secs(10)))
+            .await
+            .map(|r| !r.is_success())
+            .unwrap_or(true));
+    }
 }

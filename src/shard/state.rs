@@ -108,6 +108,8 @@ pub struct ShardStats {
     pub rollup_cells: u64,
     pub rollup_bytes: u64,
     pub applied_index: u64,
+    /// Shard copies held on disk only (see `ShardMsg::Hibernate`): 1 for an asleep shard.
+    pub asleep: u64,
 }
 
 /// What a snapshot holds: everything but the derived indexes.
@@ -190,6 +192,10 @@ impl ShardState {
 
     pub fn shard(&self) -> u32 {
         self.shard
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     pub fn applied_index(&self) -> u64 {

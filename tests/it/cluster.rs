@@ -505,6 +505,26 @@ async fn a_fourth_node_takes_a_share_of_the_shards_and_a_removed_node_is_drained
     assert_eq!(status, 200, "{metrics}");
     assert!(metrics.to_string().contains("events"), "{metrics}");
 
+    // Each original node gave up the copies of the shards the map moved to the fourth: once
+    // idle, they leave memory (kept on disk only).
+    for i in 0..3 {
+        let gave_up = shards - per[&id_of(&nodes[i])];
+        assert!(gave_up > 0, "{view}");
+        let want_line = format!("pulseboard_shards_asleep {gave_up}\n");
+        let mut text = String::new();
+        for _ in 0..60 {
+            text = nodes[i].metrics_text().await;
+            if text.contains(&want_line) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        assert!(
+            text.contains(&want_line),
+            "node {i} wants {want_line}: {text}"
+        );
+    }
+
     // Unknown nodes and callers who are not admins are refused.
     let (status, _) = nodes[0]
         .call(
@@ -557,8 +577,9 @@ async fn a_fourth_node_takes_a_share_of_the_shards_and_a_removed_node_is_drained
             "{view}"
         );
     }
-    // The cluster goes on taking writes, and every node has every acknowledged point; the
-    // live query, whose shards moved, still counts every one once.
+    // The cluster goes on taking writes, and every node has every acknowledged point (the
+    // three left hold every shard again: the copies that slept are read back and caught up);
+    // the live query, whose shards moved, still counts every one once.
     for b in 6..12 {
         write_batch(&nodes[b % 3], b, 100, base, &mut want).await;
     }
@@ -566,6 +587,10 @@ async fn a_fourth_node_takes_a_share_of_the_shards_and_a_removed_node_is_drained
         converges(n, &want).await;
     }
     live_until(&mut ws, &mut live, &want).await;
+    for n in &nodes {
+        let text = n.metrics_text().await;
+        assert!(text.contains("pulseboard_shards_asleep 0\n"), "{text}");
+    }
 }
 
 /// A WebSocket on `node` subscribed to the count of `events` points per batch.
