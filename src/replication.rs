@@ -769,8 +769,18 @@ const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 /// catches what they missed (a group whose leader was down then, an interrupted change).
 const SETTLED_FOR: Duration = Duration::from_secs(3);
 /// How long a shard copy this node does not serve must have applied nothing before it is put
-/// to sleep (see `RaftGroups::hibernate_idle`).
+/// to sleep (see `RaftGroups::hibernate_idle`); doubled each time it woke (up to 64 ×).
 const HIBERNATE_AFTER: Duration = Duration::from_secs(10);
+
+/// What `RaftGroups::hibernate_idle` remembers of a shard copy this node does not serve.
+struct Idle {
+    /// The applied index last seen, and since when it has not moved.
+    applied: u64,
+    since: Instant,
+    asleep: bool,
+    /// Times it woke up (applied again) after being put to sleep.
+    wakes: u32,
+}
 
 impl RaftGroups {
     /// Moves replicas of the groups this node leads to where the shard map places them,
@@ -780,7 +790,7 @@ impl RaftGroups {
         tokio::spawn(async move {
             let mut key = None;
             let mut since = Instant::now();
-            let mut idle: HashMap<u32, (u64, Instant, bool)> = HashMap::new();
+            let mut idle = HashMap::new();
             let mut tick = tokio::time::interval(REBALANCE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -826,9 +836,8 @@ impl RaftGroups {
     /// once it has applied nothing for [`HIBERNATE_AFTER`]: a copy a rebalance moved away,
     /// or one a removal left behind, would otherwise stay in memory until retention drained
     /// it. A copy still in its group that applies an entry wakes up (reads its snapshot
-    /// back), so sleeping never loses or hides a point. `idle` remembers, per shard, the
-    /// applied index last seen, since when, and whether it is asleep.
-    async fn hibernate_idle(&self, idle: &mut HashMap<u32, (u64, Instant, bool)>) {
+    /// back), so sleeping never loses or hides a point.
+    async fn hibernate_idle(&self, idle: &mut HashMap<u32, Idle>) {
         let p = self.placement();
         if p.nodes.is_empty() {
             return;
@@ -841,28 +850,38 @@ impl RaftGroups {
             }
             let Ok(raft) = self.raft(shard) else { continue };
             let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-            match idle.get_mut(&shard) {
-                Some((seen, since, asleep)) if *seen == applied => {
-                    if *asleep || since.elapsed() < HIBERNATE_AFTER {
-                        continue;
-                    }
-                    let Some(actor) = self.shards.get(shard as usize) else {
-                        continue;
-                    };
-                    match actor
-                        .call(ShardMsg::Hibernate, Some(Duration::from_secs(60)))
-                        .await
-                    {
-                        Ok(ractor::rpc::CallResult::Success(Ok(()))) => *asleep = true,
-                        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
-                            warn!(shard, cause = %e, "could not put a shard copy to sleep")
-                        }
-                        _ => warn!(shard, "the shard did not answer the request to sleep"),
-                    }
+            let entry = idle.entry(shard).or_insert(Idle {
+                applied,
+                since: Instant::now(),
+                asleep: false,
+                wakes: 0,
+            });
+            if entry.applied != applied {
+                // It applied something (and woke, if it was asleep): idle again from now.
+                entry.wakes += entry.asleep as u32;
+                entry.applied = applied;
+                entry.since = Instant::now();
+                entry.asleep = false;
+                continue;
+            }
+            // A copy that keeps waking (its group still writes to it now and then) waits
+            // longer each time: sleeping costs a snapshot, waking reads it back.
+            let wait = HIBERNATE_AFTER * 2u32.pow(entry.wakes.min(6));
+            if entry.asleep || entry.since.elapsed() < wait {
+                continue;
+            }
+            let Some(actor) = self.shards.get(shard as usize) else {
+                continue;
+            };
+            match actor
+                .call(ShardMsg::Hibernate, Some(Duration::from_secs(60)))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(Ok(()))) => entry.asleep = true,
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                    warn!(shard, cause = %e, "could not put a shard copy to sleep")
                 }
-                _ => {
-                    idle.insert(shard, (applied, Instant::now(), false));
-                }
+                _ => warn!(shard, "the shard did not answer the request to sleep"),
             }
         }
     }
