@@ -537,7 +537,14 @@ impl Engine {
                     hashes: protocol::batch::SeriesHashes(hashes.into()),
                     encoded: Default::default(),
                 };
-                self.groups.propose(batch)
+                // Encoded here, while its points are still in this core's cache (and on the
+                // request's task, not the group's): the log entry and a forward to another
+                // node are built from these bytes.
+                let encoded = batch.batch_bytes();
+                async move {
+                    encoded.map_err(|e| Error::Internal(e.to_string()))?;
+                    self.groups.propose(batch).await
+                }
             });
         let mut failed = None;
         for result in futures_util::future::join_all(proposals).await {

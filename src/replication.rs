@@ -325,8 +325,10 @@ impl RaftGroups {
                     })?;
                     if encoded.is_none() {
                         encoded = Some(
-                            protocol::codec::encode(&batch)
-                                .map_err(|e| Error::Internal(e.to_string()))?,
+                            batch
+                                .batch_bytes()
+                                .map_err(|e| Error::Internal(e.to_string()))?
+                                .to_vec(),
                         );
                     }
                     let request = Request {
@@ -401,6 +403,8 @@ impl RaftGroups {
                 retry: false,
             };
         }
+        // The bytes decoded are the batch's encoding: its log entry is built from them.
+        batch.keep_batch_bytes(body.into());
         let Ok(raft) = self.raft(shard) else {
             return Response::Err {
                 message: format!("no shard {shard}"),

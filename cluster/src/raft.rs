@@ -50,6 +50,11 @@ pub trait EncodedEntry {
         Self: Sized;
 }
 
+/// An entry is its log id, then its payload as an enum: the variant's index, then the
+/// variant's fields. `Normal` (index 1) holds application data; its index encodes as one byte.
+const NORMAL: u32 = 1;
+const NORMAL_TAG: u8 = NORMAL as u8;
+
 impl<C> EncodedEntry for openraft::Entry<C>
 where
     C: openraft::RaftTypeConfig,
@@ -66,7 +71,18 @@ where
         if let Some(bytes) = data.entry_bytes(&prefix) {
             return Ok(bytes);
         }
-        let bytes: std::sync::Arc<[u8]> = protocol::codec::encode(self)?.into();
+        let bytes: std::sync::Arc<[u8]> = match data.payload_bytes() {
+            // The same bytes `encode(self)` writes: the log id, the payload's variant, the
+            // payload (see `decode`).
+            Some(payload) => {
+                let mut out = Vec::with_capacity(prefix.len() + 1 + payload.len());
+                out.extend_from_slice(&prefix);
+                out.push(NORMAL_TAG);
+                out.extend_from_slice(&payload);
+                out.into()
+            }
+            None => protocol::codec::encode(self)?.into(),
+        };
         data.keep_entry_bytes(bytes.clone());
         Ok(bytes)
     }
@@ -80,9 +96,6 @@ where
 
     fn decode(bytes: &[u8]) -> Result<Self, protocol::codec::CodecError> {
         use protocol::codec::{decode_with_len, EntryBytes};
-        // An entry is its log id, then its payload as an enum: the variant's index, then the
-        // variant's fields. `Normal` (index 1) holds application data.
-        const NORMAL: u32 = 1;
         let ((log_id, variant), head): ((openraft::LogId<C::NodeId>, u32), usize) =
             decode_with_len(bytes)?;
         if variant != NORMAL {

@@ -24,10 +24,12 @@ pub struct ShardBatch {
     /// computes them.
     #[serde(skip)]
     pub hashes: SeriesHashes,
-    /// The encoding of the Raft log entry that carries this batch, once a node has it (the
-    /// leader's log store encoded it, or a follower received it): replication to every
-    /// follower and the follower's own log reuse it instead of encoding the points again.
-    /// Not encoded; shared by clones.
+    /// The batch's own encoding, kept where the batch is made (the ingesting node encodes it
+    /// right after splitting a request, while its points are still in the CPU's cache, and
+    /// forwards those bytes to the shard's leader, which keeps what it received); then the
+    /// encoding of the Raft log entry that carries it, built from those bytes by the leader's
+    /// log store (or received by a follower): replication to every follower and each log
+    /// reuse it instead of encoding the points again. Not encoded; shared by clones.
     #[serde(skip)]
     pub encoded: EncodedEntry,
 }
@@ -35,7 +37,15 @@ pub struct ShardBatch {
 /// See [`ShardBatch::encoded`]. Not part of a batch's value: two batches compare equal
 /// whatever their caches hold.
 #[derive(Clone, Debug, Default)]
-pub struct EncodedEntry(Arc<Mutex<Option<Arc<[u8]>>>>);
+pub struct EncodedEntry(Arc<Mutex<Option<Kept>>>);
+
+#[derive(Clone, Debug)]
+enum Kept {
+    /// The batch's encoding ([`crate::codec::encode`] of the batch).
+    Batch(Arc<[u8]>),
+    /// The encoding of the log entry carrying the batch.
+    Entry(Arc<[u8]>),
+}
 
 impl PartialEq for EncodedEntry {
     fn eq(&self, _: &Self) -> bool {
@@ -49,15 +59,21 @@ impl crate::codec::EntryBytes for ShardBatch {
     }
 
     fn entry_bytes(&self, log_id_prefix: &[u8]) -> Option<Arc<[u8]>> {
-        let cached = self.encoded.0.lock().unwrap_or_else(|p| p.into_inner());
-        cached
-            .as_ref()
-            .filter(|b| b.starts_with(log_id_prefix))
-            .cloned()
+        match &*self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(Kept::Entry(b)) if b.starts_with(log_id_prefix) => Some(b.clone()),
+            _ => None,
+        }
     }
 
     fn keep_entry_bytes(&self, bytes: Arc<[u8]>) {
-        *self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        *self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept::Entry(bytes));
+    }
+
+    fn payload_bytes(&self) -> Option<Arc<[u8]>> {
+        match &*self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(Kept::Batch(b)) => Some(b.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -73,6 +89,23 @@ impl PartialEq for SeriesHashes {
 }
 
 impl ShardBatch {
+    /// Keeps `bytes`, which must be this batch's encoding ([`crate::codec::encode`] of it):
+    /// the log entry that carries the batch is then built from them (see
+    /// [`ShardBatch::encoded`]).
+    pub fn keep_batch_bytes(&self, bytes: Arc<[u8]>) {
+        *self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept::Batch(bytes));
+    }
+
+    /// The batch's encoding: kept, or encoded now (and kept).
+    pub fn batch_bytes(&self) -> Result<Arc<[u8]>, crate::codec::CodecError> {
+        use crate::codec::EntryBytes;
+        if let Some(b) = self.payload_bytes() {
+            return Ok(b);
+        }
+        let b: Arc<[u8]> = crate::codec::encode(self)?.into();
+        self.keep_batch_bytes(b.clone());
+        Ok(b)
+    }
     /// The series hash of point `i`: from the cache, else computed.
     pub fn series_hash(&self, i: usize) -> u64 {
         match self.hashes.0.get(i) {

@@ -94,6 +94,12 @@ pub trait EntryBytes {
         None
     }
     fn keep_entry_bytes(&self, _bytes: std::sync::Arc<[u8]>) {}
+    /// The payload's own encoding ([`encode`]'s bytes), if it was kept: an entry's encoding is
+    /// its log id's, the payload variant's, then these, so it is built without encoding the
+    /// payload again.
+    fn payload_bytes(&self) -> Option<std::sync::Arc<[u8]>> {
+        None
+    }
 }
 
 impl EntryBytes for u64 {}

@@ -298,6 +298,24 @@ fn an_entry_is_encoded_once_and_its_bytes_travel_with_it() {
         &*again.encoded().expect("encode"),
         protocol::codec::encode(&again).expect("encode").as_slice()
     );
+    // A batch whose own encoding was kept (by the node that split the request, or received
+    // with a forward) makes an entry of exactly the bytes serde writes, for any log id.
+    for (term, index) in [(1, 5), (300, 70_000), (u64::MAX, u64::MAX)] {
+        let fresh = protocol::ShardBatch {
+            encoded: Default::default(),
+            ..batch.clone()
+        };
+        let kept = fresh.batch_bytes().expect("batch bytes");
+        assert_eq!(
+            &*kept,
+            protocol::codec::encode(&fresh).expect("encode").as_slice()
+        );
+        let entry = batch_entry(term, index, fresh);
+        assert_eq!(
+            &*entry.encoded().expect("encode"),
+            protocol::codec::encode(&entry).expect("encode").as_slice()
+        );
+    }
 
     let rpc = openraft::raft::AppendEntriesRequest::<BatchConfig> {
         vote: openraft::Vote::new_committed(2, 1),
