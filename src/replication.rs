@@ -870,8 +870,9 @@ impl RaftGroups {
             }
             // A copy that keeps waking (its group still writes to it now and then) waits
             // longer each time: sleeping costs a snapshot, waking reads it back.
+            // Asleep, it is asked again every so often: a no-op, unless a read woke it.
             let wait = HIBERNATE_AFTER * 2u32.pow(entry.wakes.min(6));
-            if entry.asleep || entry.since.elapsed() < wait {
+            if entry.since.elapsed() < wait {
                 continue;
             }
             let Some(actor) = self.shards.get(shard as usize) else {
@@ -881,7 +882,10 @@ impl RaftGroups {
                 .call(ShardMsg::Hibernate, Some(Duration::from_secs(60)))
                 .await
             {
-                Ok(ractor::rpc::CallResult::Success(Ok(()))) => entry.asleep = true,
+                Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
+                    entry.asleep = true;
+                    entry.since = Instant::now();
+                }
                 Ok(ractor::rpc::CallResult::Success(Err(e))) => {
                     warn!(shard, cause = %e, "could not put a shard copy to sleep")
                 }
