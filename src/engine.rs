@@ -721,8 +721,11 @@ where
     // what its leader sends; that is not waited for).
     let mut waiting = Vec::new();
     for raft in groups {
-        let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
-        if applied > snapshot(raft) {
+        let (due, applied) = {
+            let m = raft.metrics().borrow().clone();
+            (snapshot_due(&m), m.last_applied.map(|l| l.index))
+        };
+        if due {
             match raft.trigger().snapshot().await {
                 Ok(()) => waiting.push((raft, applied)),
                 Err(e) => warn!(cause = %e, "could not start a snapshot at shutdown"),
@@ -772,6 +775,11 @@ async fn snapshot_loop(
     }
 }
 
+/// Whether the group applied something its last snapshot does not hold.
+fn snapshot_due<N: openraft::Node>(m: &openraft::RaftMetrics<u64, N>) -> bool {
+    m.last_applied.map(|l| l.index) > m.snapshot.as_ref().map(|s| s.index)
+}
+
 /// One group's round (see [`snapshot_loop`]): purges up to `earlier`, snapshots if due, and
 /// returns the snapshot it has now (the next round's `earlier`).
 async fn snapshot_round<C>(raft: &Raft<C>, earlier: Option<u64>) -> Option<u64>
@@ -786,7 +794,7 @@ where
             }
         }
     }
-    if m.last_applied.map(|l| l.index) > m.snapshot.as_ref().map(|s| s.index) {
+    if snapshot_due(&m) {
         if let Err(e) = raft.trigger().snapshot().await {
             warn!(cause = %e, "could not start a snapshot");
         }

@@ -285,7 +285,6 @@ impl RaftGroups {
         let shard = batch.shard;
         let raft = self.raft(shard)?;
         let started = Instant::now();
-        let mut encoded: Option<Vec<u8>> = None;
         loop {
             let leader = match self.leader(shard) {
                 Some((l, _)) if l == self.node_id => {
@@ -323,18 +322,14 @@ impl RaftGroups {
                     let addr: SocketAddr = node.quic.parse().map_err(|e| {
                         Error::Internal(format!("leader address {}: {e}", node.quic))
                     })?;
-                    if encoded.is_none() {
-                        encoded = Some(
-                            batch
-                                .batch_bytes()
-                                .map_err(|e| Error::Internal(e.to_string()))?
-                                .to_vec(),
-                        );
-                    }
+                    // The batch keeps its encoding: a retry sends the same bytes.
                     let request = Request {
                         channel: Channel::Ingest,
                         group: shard,
-                        body: encoded.clone().unwrap_or_default(),
+                        body: batch
+                            .batch_bytes()
+                            .map_err(|e| Error::Internal(e.to_string()))?
+                            .to_vec(),
                     };
                     // A dead leader does not answer until its connection times out; the
                     // election that replaces it is the sooner sign. Waiting for either:

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{ClientError, DataPoint, ErrorCode, Failure, Sender};
+use crate::{ClientError, DataPoint, ErrorCode, Failure, SendFuture, Sender};
 
 pub struct HttpSender {
     http: reqwest::Client,
@@ -66,8 +66,7 @@ impl Sender for HttpSender {
         node: &'a str,
         batch_id: &'a str,
         points: &'a [DataPoint],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, Failure>> + Send + 'a>>
-    {
+    ) -> SendFuture<'a> {
         Box::pin(async move {
             let r = self
                 .http

@@ -109,13 +109,17 @@ pub(crate) enum Failure {
     },
 }
 
+/// What a [`Sender`] answers: the points the node accepted, or why not.
+pub(crate) type SendFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, Failure>> + Send + 'a>>;
+
 pub(crate) trait Sender: Send + Sync {
     fn send<'a>(
         &'a self,
         node: &'a str,
         batch_id: &'a str,
         points: &'a [DataPoint],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, Failure>> + Send + 'a>>;
+    ) -> SendFuture<'a>;
 }
 
 /// A client of a cluster: cheap to clone, safe to share between tasks.

@@ -15,7 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::{ClientError, DataPoint, Failure, Sender};
+use crate::{ClientError, DataPoint, Failure, SendFuture, Sender};
 
 /// A welcomed stream.
 struct Session {
@@ -249,8 +249,7 @@ impl Sender for QuicSender {
         node: &'a str,
         batch_id: &'a str,
         points: &'a [DataPoint],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, Failure>> + Send + 'a>>
-    {
+    ) -> SendFuture<'a> {
         Box::pin(async move {
             match tokio::time::timeout(self.timeout, self.attempt(node, batch_id, points)).await {
                 Ok(r) => r,
