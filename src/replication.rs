@@ -383,7 +383,8 @@ impl RaftGroups {
 
     /// A batch another node forwarded: commit it here if this node leads its shard.
     pub async fn serve_ingest(&self, shard: u32, body: &[u8]) -> Response {
-        let batch = match protocol::codec::decode_shard_batch(body) {
+        let body: Arc<[u8]> = body.into();
+        let batch = match protocol::codec::decode_shard_batch(&body, 0) {
             Ok(b) => b,
             Err(e) => {
                 return Response::Err {
@@ -399,7 +400,7 @@ impl RaftGroups {
             };
         }
         // The bytes decoded are the batch's encoding: its log entry is built from them.
-        batch.keep_batch_bytes(body.into());
+        batch.keep_batch_bytes(body);
         let Ok(raft) = self.raft(shard) else {
             return Response::Err {
                 message: format!("no shard {shard}"),

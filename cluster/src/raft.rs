@@ -44,8 +44,9 @@ pub trait EncodedEntry {
     /// Keeps `bytes` (this entry's encoding, as received) with the payload.
     fn keep(&self, bytes: std::sync::Arc<[u8]>);
     /// Decodes an entry [`EncodedEntry::encoded`] wrote, its payload through the payload's
-    /// own decoder (see `protocol::codec::EntryBytes::decode_payload`).
-    fn decode(bytes: &[u8]) -> Result<Self, protocol::codec::CodecError>
+    /// own decoder (see `protocol::codec::EntryBytes::decode_payload`, which may keep
+    /// referring to `bytes`).
+    fn decode(bytes: &std::sync::Arc<[u8]>) -> Result<Self, protocol::codec::CodecError>
     where
         Self: Sized;
 }
@@ -94,7 +95,7 @@ where
         }
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, protocol::codec::CodecError> {
+    fn decode(bytes: &std::sync::Arc<[u8]>) -> Result<Self, protocol::codec::CodecError> {
         use protocol::codec::{decode_with_len, EntryBytes};
         let ((log_id, variant), head): ((openraft::LogId<C::NodeId>, u32), usize) =
             decode_with_len(bytes)?;
@@ -103,7 +104,7 @@ where
         }
         Ok(openraft::Entry {
             log_id,
-            payload: openraft::EntryPayload::Normal(C::D::decode_payload(&bytes[head..])?),
+            payload: openraft::EntryPayload::Normal(C::D::decode_payload(bytes, head)?),
         })
     }
 }

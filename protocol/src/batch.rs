@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::DataPoint;
+use crate::{DataPoint, Dimensions, Name};
 
 /// One shard's share of one ingest request: one entry of the shard's Raft log, applied by the
 /// shard's state machine. `received_ms` is the ingesting node's arrival stamp, carried so that
@@ -14,7 +14,7 @@ use crate::DataPoint;
 pub struct ShardBatch {
     pub shard: u32,
     pub received_ms: i64,
-    pub points: Arc<Vec<DataPoint>>,
+    pub points: Points,
     /// The client's idempotency key for the request this batch is part of: the shard
     /// remembers it, so a retried request is applied once (SPEC §3).
     pub batch_id: Option<String>,
@@ -54,8 +54,8 @@ impl PartialEq for EncodedEntry {
 }
 
 impl crate::codec::EntryBytes for ShardBatch {
-    fn decode_payload(bytes: &[u8]) -> Result<Self, crate::codec::CodecError> {
-        crate::codec::decode_shard_batch(bytes)
+    fn decode_payload(entry: &Arc<[u8]>, start: usize) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode_shard_batch(entry, start)
     }
 
     fn entry_bytes(&self, log_id_prefix: &[u8]) -> Option<Arc<[u8]>> {
@@ -106,14 +106,286 @@ impl ShardBatch {
         self.keep_batch_bytes(b.clone());
         Ok(b)
     }
-    /// The series hash of point `i`: from the cache, else computed.
-    pub fn series_hash(&self, i: usize) -> u64 {
+    /// The series hash of point `p`, the batch's `i`-th: from the cache, else computed.
+    pub fn series_hash(&self, i: usize, p: &PointRef<'_>) -> u64 {
         match self.hashes.0.get(i) {
             Some(&h) => h,
-            None => {
-                let p = &self.points[i];
-                crate::point::series_hash(&p.metric, &p.dimensions)
+            None => crate::point::series_hash_of(p.metric, p.dims),
+        }
+    }
+}
+
+/// A batch's points, in one of two forms with one value: as made on this node (parsed from a
+/// request), or as received from another node — the points' encoding inside the shared
+/// buffer that brought them, checked when the batch was decoded
+/// ([`crate::codec::decode_shard_batch`]). A follower applies every point its leader sends
+/// and stores none of them as they came (a shard keeps one copy per series), so it reads them
+/// where they lie instead of allocating each point's names and dimensions only to compare
+/// and drop them. Both forms encode alike and compare by value.
+#[derive(Clone)]
+pub enum Points {
+    Decoded(Arc<Vec<DataPoint>>),
+    Encoded(EncodedPoints),
+}
+
+/// See [`Points::Encoded`]: `len` points encoded at `bytes[range]`, already checked.
+#[derive(Clone)]
+pub struct EncodedPoints {
+    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) range: std::ops::Range<usize>,
+    pub(crate) len: usize,
+}
+
+impl Points {
+    pub fn len(&self) -> usize {
+        match self {
+            Points::Decoded(v) => v.len(),
+            Points::Encoded(e) => e.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The points in order, borrowed.
+    pub fn iter(&self) -> PointIter<'_> {
+        match self {
+            Points::Decoded(v) => PointIter::Decoded(v.iter()),
+            Points::Encoded(e) => PointIter::Encoded(crate::codec::EncodedPointIter::new(
+                &e.bytes[e.range.clone()],
+                e.len,
+            )),
+        }
+    }
+}
+
+impl From<Vec<DataPoint>> for Points {
+    fn from(v: Vec<DataPoint>) -> Self {
+        Points::Decoded(Arc::new(v))
+    }
+}
+
+impl From<Arc<Vec<DataPoint>>> for Points {
+    fn from(v: Arc<Vec<DataPoint>>) -> Self {
+        Points::Decoded(v)
+    }
+}
+
+impl PartialEq for Points {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Points {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Exactly as a `Vec<DataPoint>` (so both forms encode to the same bytes).
+impl Serialize for Points {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Points::Decoded(v) => v.serialize(s),
+            Points::Encoded(_) => seq(s, self.len(), self.iter()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Points {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<DataPoint>::deserialize(d).map(Points::from)
+    }
+}
+
+/// One point of a batch, borrowed from either form.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PointRef<'a> {
+    pub metric: &'a str,
+    pub timestamp_ms: i64,
+    pub value: f64,
+    pub dims: Dims<'a>,
+}
+
+impl PointRef<'_> {
+    pub fn to_point(&self) -> DataPoint {
+        DataPoint {
+            metric: self.metric.into(),
+            timestamp_ms: self.timestamp_ms,
+            value: self.value,
+            dimensions: self.dims.to_owned(),
+        }
+    }
+}
+
+/// Field for field as `DataPoint` serializes.
+impl Serialize for PointRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("DataPoint", 4)?;
+        st.serialize_field("metric", self.metric)?;
+        st.serialize_field("timestamp_ms", &self.timestamp_ms)?;
+        st.serialize_field("value", &self.value)?;
+        st.serialize_field("dimensions", &self.dims)?;
+        st.end()
+    }
+}
+
+/// A point's dimensions (sorted by key, keys unique), borrowed from either form.
+#[derive(Clone, Copy)]
+pub enum Dims<'a> {
+    Slice(&'a [(Name, Name)]),
+    /// `len` pairs encoded in `bytes`, already checked.
+    Encoded {
+        bytes: &'a [u8],
+        len: usize,
+    },
+}
+
+impl<'a> Dims<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Dims::Slice(s) => s.len(),
+            Dims::Encoded { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> DimsIter<'a> {
+        DimsIter(self.byte_pairs())
+    }
+
+    /// The pairs as the bytes of each name (all that hashing and comparing need).
+    pub fn byte_pairs(&self) -> BytePairs<'a> {
+        match *self {
+            Dims::Slice(s) => BytePairs::Slice(s.iter()),
+            Dims::Encoded { bytes, len } => {
+                BytePairs::Encoded(crate::codec::EncodedPairs::new(bytes, len))
             }
         }
+    }
+
+    /// The value of dimension `key`.
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        match self {
+            Dims::Slice(s) => s
+                .binary_search_by(|(k, _)| k.as_str().cmp(key))
+                .ok()
+                .map(|i| s[i].1.as_str()),
+            Dims::Encoded { .. } => self.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+        }
+    }
+
+    pub fn to_owned(&self) -> Dimensions {
+        self.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    /// Whether these are `dims`.
+    pub fn same_as(&self, dims: &Dimensions) -> bool {
+        match self {
+            Dims::Slice(s) => *s == dims.as_slice(),
+            Dims::Encoded { .. } => {
+                self.len() == dims.len()
+                    && self
+                        .byte_pairs()
+                        .zip(dims)
+                        .all(|((k, v), (dk, dv))| k == dk.as_bytes() && v == dv.as_bytes())
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a Dimensions> for Dims<'a> {
+    fn from(d: &'a Dimensions) -> Self {
+        Dims::Slice(d)
+    }
+}
+
+impl PartialEq for Dims<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Dims<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// As a `Vec<(Name, Name)>` serializes.
+impl Serialize for Dims<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        seq(s, self.len(), self.iter())
+    }
+}
+
+/// A sequence of known length (bincode writes the length first).
+fn seq<S: serde::Serializer, T: Serialize>(
+    s: S,
+    len: usize,
+    items: impl Iterator<Item = T>,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut out = s.serialize_seq(Some(len))?;
+    for item in items {
+        out.serialize_element(&item)?;
+    }
+    out.end()
+}
+
+pub enum PointIter<'a> {
+    Decoded(std::slice::Iter<'a, DataPoint>),
+    Encoded(crate::codec::EncodedPointIter<'a>),
+}
+
+impl<'a> Iterator for PointIter<'a> {
+    type Item = PointRef<'a>;
+
+    fn next(&mut self) -> Option<PointRef<'a>> {
+        match self {
+            PointIter::Decoded(it) => it.next().map(|p| PointRef {
+                metric: &p.metric,
+                timestamp_ms: p.timestamp_ms,
+                value: p.value,
+                dims: Dims::Slice(&p.dimensions),
+            }),
+            PointIter::Encoded(it) => it.next(),
+        }
+    }
+}
+
+/// See [`Dims::byte_pairs`].
+pub enum BytePairs<'a> {
+    Slice(std::slice::Iter<'a, (Name, Name)>),
+    Encoded(crate::codec::EncodedPairs<'a>),
+}
+
+impl<'a> Iterator for BytePairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<(&'a [u8], &'a [u8])> {
+        match self {
+            BytePairs::Slice(it) => it.next().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            BytePairs::Encoded(it) => it.next(),
+        }
+    }
+}
+
+/// See [`Dims::iter`]. Encoded names were checked to be UTF-8 when their batch was decoded;
+/// were one not, the iteration would end there.
+pub struct DimsIter<'a>(BytePairs<'a>);
+
+impl<'a> Iterator for DimsIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        let (k, v) = self.0.next()?;
+        Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
     }
 }

@@ -144,6 +144,11 @@ const SERIES_SEED: u64 = 0x5075_6c73_6562_6f61; // "Pulseboa"
 /// encoding of the metric and the sorted dimensions (so `("ab","c")` and `("a","bc")` differ).
 /// Stable across versions and machines: a test pins a known value.
 pub fn series_hash(metric: &str, dims: &Dimensions) -> u64 {
+    series_hash_of(metric, crate::batch::Dims::Slice(dims))
+}
+
+/// [`series_hash`] of dimensions in either form.
+pub fn series_hash_of(metric: &str, dims: crate::batch::Dims<'_>) -> u64 {
     // One-shot over a reused per-thread buffer: the streaming hasher derives its seeded secret
     // on every construction, which cost more than the hashing (this runs for every ingested
     // point, twice). Same bytes, same hash.
@@ -153,12 +158,12 @@ pub fn series_hash(metric: &str, dims: &Dimensions) -> u64 {
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.clear();
-        let mut put = |s: &str| {
+        let mut put = |s: &[u8]| {
             buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            buf.extend_from_slice(s.as_bytes());
+            buf.extend_from_slice(s);
         };
-        put(metric);
-        for (k, v) in dims {
+        put(metric.as_bytes());
+        for (k, v) in dims.byte_pairs() {
             put(k);
             put(v);
         }

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 
-use protocol::{DataPoint, Dimensions, ShardBatch};
+use protocol::batch::{Dims, PointRef};
+use protocol::{Dimensions, ShardBatch};
 use serde::{Deserialize, Serialize};
 
 use super::cell::Cell;
@@ -238,7 +239,7 @@ impl ShardState {
         let base = (batch.received_ms.max(0) as u64) << 21;
         for (pos, point) in batch.points.iter().enumerate() {
             let seq = base | (pos as u64 & 0x1F_FFFF);
-            let id = self.series_id_or_insert(point, batch.series_hash(pos));
+            let id = self.series_id_or_insert(&point, batch.series_hash(pos, &point));
             let series = &mut self.series[id as usize];
             series.ring.push(point.timestamp_ms, point.value);
             for rollup in &mut series.rollups {
@@ -272,8 +273,8 @@ impl ShardState {
     }
 
     /// The series of `point`, whose series hash is `hash`.
-    fn series_id_or_insert(&mut self, point: &DataPoint, hash: u64) -> u32 {
-        let same = |s: &Series| s.metric == point.metric && s.dimensions == point.dimensions;
+    fn series_id_or_insert(&mut self, point: &PointRef<'_>, hash: u64) -> u32 {
+        let same = |s: &Series| s.metric == point.metric && point.dims.same_as(&s.dimensions);
         if let Some(&id) = self.by_hash.get(&hash) {
             if same(&self.series[id as usize]) {
                 return id;
@@ -285,8 +286,8 @@ impl ShardState {
             }
         }
         let series = Series {
-            metric: point.metric.clone(),
-            dimensions: point.dimensions.clone(),
+            metric: point.metric.into(),
+            dimensions: point.dims.to_owned(),
             ring: Ring::new(),
             rollups: self
                 .layout
@@ -364,7 +365,7 @@ impl ShardState {
         let mut run: Run = Vec::new();
         for &id in ids {
             let series = &self.series[id as usize];
-            if !matches(&series.dimensions, &q.filters) {
+            if !matches((&series.dimensions).into(), &q.filters) {
                 continue;
             }
             run.clear();
@@ -394,7 +395,7 @@ impl ShardState {
             if run.is_empty() {
                 continue;
             }
-            let key = group_key(&series.dimensions, &q.group_by);
+            let key = group_key((&series.dimensions).into(), &q.group_by);
             let acc = out.entry(key).or_default();
             merge_runs(acc, std::mem::take(&mut run), q.sketch);
         }
@@ -526,17 +527,11 @@ pub fn merge_runs(acc: &mut Run, other: Run, sketch: bool) {
     *acc = out;
 }
 
-fn dim<'a>(dims: &'a Dimensions, key: &str) -> Option<&'a str> {
-    dims.binary_search_by(|(k, _)| k.as_str().cmp(key))
-        .ok()
-        .map(|i| dims[i].1.as_str())
-}
-
 /// See [`Filter`] for the semantics.
-pub fn matches(dims: &Dimensions, filters: &[Filter]) -> bool {
+pub fn matches(dims: Dims<'_>, filters: &[Filter]) -> bool {
     let mut positive_keys_seen: Vec<(&str, bool)> = Vec::new();
     for f in filters {
-        let actual = dim(dims, &f.key);
+        let actual = dims.get(&f.key);
         if f.negate {
             if actual == Some(f.value.as_str()) {
                 return false;
@@ -552,16 +547,17 @@ pub fn matches(dims: &Dimensions, filters: &[Filter]) -> bool {
     positive_keys_seen.iter().all(|(_, any)| *any)
 }
 
-pub fn group_key(dims: &Dimensions, group_by: &[String]) -> GroupKey {
+pub fn group_key(dims: Dims<'_>, group_by: &[String]) -> GroupKey {
     group_by
         .iter()
-        .filter_map(|k| dim(dims, k).map(|v| (k.clone(), v.to_owned())))
+        .filter_map(|k| dims.get(k).map(|v| (k.clone(), v.to_owned())))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::DataPoint;
 
     fn point(metric: &str, ts: i64, v: f64, dims: &[(&str, &str)]) -> DataPoint {
         let mut d: Dimensions = dims
@@ -726,5 +722,45 @@ mod tests {
         assert_eq!(r.metrics()["m"], 1);
         s.apply(8, &batch(vec![point("m", 6, 1.0, &[("a", "b")])]));
         assert_eq!(s.stats().series, 1);
+    }
+
+    #[test]
+    fn a_batch_as_received_applies_like_the_batch_made_here() {
+        // A follower applies the points where they lie in the bytes its leader sent; its
+        // state must come out exactly as the leader's, series, rollups and all.
+        let made: Vec<ShardBatch> = (0..4)
+            .map(|round| {
+                batch(
+                    (0..50)
+                        .map(|i| {
+                            let host = format!("h{}", i % 7);
+                            let os = if i % 3 == 0 { "ios" } else { "android" };
+                            point(
+                                "m",
+                                round * 700 + i,
+                                i as f64,
+                                &[("host", &host), ("os", os)],
+                            )
+                        })
+                        .chain([point("other", round, 1.0, &[])])
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut here = ShardState::new(1, Layout::default());
+        let mut there = ShardState::new(1, Layout::default());
+        for (i, b) in made.iter().enumerate() {
+            let bytes: std::sync::Arc<[u8]> = protocol::codec::encode(b).expect("encode").into();
+            let received = protocol::codec::decode_shard_batch(&bytes, 0).expect("decode");
+            assert!(matches!(
+                received.points,
+                protocol::batch::Points::Encoded(_)
+            ));
+            assert!(here.apply(i as u64 + 1, b));
+            assert!(there.apply(i as u64 + 1, &received));
+        }
+        let snap = |s: &ShardState| protocol::codec::encode(&s.to_snapshot()).expect("encode");
+        assert_eq!(snap(&here), snap(&there));
+        assert_eq!(there.stats().series, 7 * 2 + 1);
     }
 }

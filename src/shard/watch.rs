@@ -53,12 +53,12 @@ impl Watchers {
         let base = (batch.received_ms.max(0) as u64) << 21;
         let mut out: HashMap<u64, (Arc<Watch>, Partial)> = HashMap::new();
         for (pos, p) in batch.points.iter().enumerate() {
-            let Some(list) = self.by_metric.get(p.metric.as_str()) else {
+            let Some(list) = self.by_metric.get(p.metric) else {
                 continue;
             };
             let seq = base | (pos as u64 & 0x1F_FFFF);
             for w in list {
-                if !matches(&p.dimensions, &w.query.filters) {
+                if !matches(p.dims, &w.query.filters) {
                     continue;
                 }
                 let label = w.query.label(p.timestamp_ms);
@@ -66,7 +66,7 @@ impl Watchers {
                     .entry(w.id)
                     .or_insert_with(|| (w.clone(), Partial::new()));
                 let run = partial
-                    .entry(group_key(&p.dimensions, &w.query.group_by))
+                    .entry(group_key(p.dims, &w.query.group_by))
                     .or_default();
                 match run.iter_mut().find(|(l, _)| *l == label) {
                     Some((_, cell)) => cell.add_with(p.value, p.timestamp_ms, seq, w.query.sketch),

@@ -184,10 +184,11 @@ where
                 .read(self.group, start..disk_end)
                 .map_err(|e| e.to_string())?
             {
+                let bytes: std::sync::Arc<[u8]> = bytes.into();
                 let entry = C::Entry::decode(&bytes)
                     .map_err(|e| format!("entry {index} of group {}: {e}", self.group))?;
                 // Read back to replicate to a lagging follower: sent as read.
-                entry.keep(bytes.into());
+                entry.keep(bytes);
                 out.push(entry);
             }
         }

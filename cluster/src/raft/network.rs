@@ -462,8 +462,9 @@ where
     )?;
     let mut entries = Vec::new();
     while let Some(bytes) = next()? {
-        let entry = C::Entry::decode(bytes)?;
-        entry.keep(bytes.into());
+        let bytes: std::sync::Arc<[u8]> = bytes.into();
+        let entry = C::Entry::decode(&bytes)?;
+        entry.keep(bytes);
         entries.push(entry);
     }
     Ok(AppendEntriesRequest {

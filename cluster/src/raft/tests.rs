@@ -274,12 +274,13 @@ fn an_entry_is_encoded_once_and_its_bytes_travel_with_it() {
     let batch = protocol::ShardBatch {
         shard: 3,
         received_ms: 42,
-        points: Arc::new(vec![protocol::DataPoint {
+        points: vec![protocol::DataPoint {
             metric: "m".into(),
             timestamp_ms: 1,
             value: 2.5,
             dimensions: vec![("k".into(), "v".into())],
-        }]),
+        }]
+        .into(),
         batch_id: Some("key".into()),
         hashes: Default::default(),
         encoded: Default::default(),
@@ -351,9 +352,9 @@ fn an_entry_is_encoded_once_and_its_bytes_travel_with_it() {
     ];
     for entry in kinds {
         let bytes = protocol::codec::encode(&entry).expect("encode");
-        let back = openraft::Entry::<BatchConfig>::decode(&bytes).expect("decode");
+        let back = openraft::Entry::<BatchConfig>::decode(&bytes.clone().into()).expect("decode");
         assert_eq!(back, entry);
-        assert!(openraft::Entry::<BatchConfig>::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(openraft::Entry::<BatchConfig>::decode(&bytes[..bytes.len() - 1].into()).is_err());
     }
     // A cut or garbled body is an error, never a panic.
     for cut in 0..body.len() {
