@@ -204,7 +204,7 @@ impl Actor for Shard {
 
 /// Streams `state` to its temporary file on the actor (the actor owns the state), then makes
 /// it durable off the runtime's threads. Returns the snapshot's size.
-async fn write_snapshot(dir: &Path, shard: u32, state: &ShardState) -> Result<u64, String> {
+async fn write_snapshot(dir: &Path, shard: u32, state: &mut ShardState) -> Result<u64, String> {
     let pending = snapshot::write_tmp(dir, shard, state).map_err(|e| e.to_string())?;
     tokio::task::spawn_blocking(move || pending.commit())
         .await
@@ -217,7 +217,7 @@ async fn take_snapshot(st: &mut ShardActorState) -> Result<Vec<u8>, String> {
     let index = st.state.applied_index();
     let shard = st.state.shard();
     let started = Instant::now();
-    let size = write_snapshot(&st.snapshot_dir, shard, &st.state).await?;
+    let size = write_snapshot(&st.snapshot_dir, shard, &mut st.state).await?;
     info!(
         shard,
         index,
@@ -228,7 +228,7 @@ async fn take_snapshot(st: &mut ShardActorState) -> Result<Vec<u8>, String> {
     Ok(st.state.raft_meta().to_vec())
 }
 
-async fn install(st: &mut ShardActorState, state: ShardState) -> Result<(), String> {
+async fn install(st: &mut ShardActorState, mut state: ShardState) -> Result<(), String> {
     let shard = st.state.shard();
     if state.shard() != shard {
         return Err(format!(
@@ -236,7 +236,7 @@ async fn install(st: &mut ShardActorState, state: ShardState) -> Result<(), Stri
             state.shard()
         ));
     }
-    write_snapshot(&st.snapshot_dir, shard, &state).await?;
+    write_snapshot(&st.snapshot_dir, shard, &mut state).await?;
     info!(
         shard,
         index = state.applied_index(),

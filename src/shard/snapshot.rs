@@ -69,7 +69,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotEr
 /// it is produced, so a snapshot never sits whole in memory (every shard snapshots in the same
 /// round; holding their encodings at once doubled a loaded node's memory for a moment). The
 /// header (magic, CRC, length) is written last, over a zeroed placeholder.
-pub fn write_tmp(dir: &Path, shard: u32, state: &ShardState) -> Result<Pending, SnapshotError> {
+pub fn write_tmp(dir: &Path, shard: u32, state: &mut ShardState) -> Result<Pending, SnapshotError> {
     let tmp = dir.join(format!("shard-{shard:04}.snap.tmp"));
     let mut f = OpenOptions::new()
         .create(true)
@@ -122,7 +122,7 @@ impl Pending {
 }
 
 /// [`write_tmp`] and [`Pending::commit`] in one call.
-pub fn write(dir: &Path, shard: u32, state: &ShardState) -> Result<u64, SnapshotError> {
+pub fn write(dir: &Path, shard: u32, state: &mut ShardState) -> Result<u64, SnapshotError> {
     write_tmp(dir, shard, state)?.commit()
 }
 
@@ -238,8 +238,8 @@ mod tests {
     fn write_read_and_detect_damage() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(read(dir.path(), 1).expect("read").is_none());
-        let state = ShardState::new(1, Layout::default());
-        write(dir.path(), 1, &state).expect("write");
+        let mut state = ShardState::new(1, Layout::default());
+        write(dir.path(), 1, &mut state).expect("write");
         assert!(read(dir.path(), 1).expect("read").is_some());
         let p = path(dir.path(), 1);
         let mut bytes = fs::read(&p).expect("read file");
