@@ -490,12 +490,12 @@ impl Transport {
         addr: SocketAddr,
         request: &Request,
     ) -> Result<Vec<u8>, TransportError> {
-        let bytes = codec::encode(request).map_err(|e| TransportError::Stream {
+        let head = request.encode_head().map_err(|e| TransportError::Stream {
             addr,
             reason: e.to_string(),
         })?;
         let conn = self.connection(addr).await?;
-        let result = exchange(&conn, &bytes, MAX_FRAME).await;
+        let result = exchange(&conn, &[&head, &request.body], MAX_FRAME).await;
         let bytes = match result {
             Ok(b) => b,
             Err(reason) => {
@@ -581,16 +581,18 @@ impl Drop for Sending {
     }
 }
 
-/// One request/response on a new stream.
+/// One request/response on a new stream; the request is written as the parts given.
 async fn exchange(
     conn: &quinn::Connection,
-    request: &[u8],
+    request: &[&[u8]],
     limit: usize,
 ) -> Result<Vec<u8>, String> {
     let (send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut sending = Sending(Some(send));
     if let Some(send) = sending.0.as_mut() {
-        send.write_all(request).await.map_err(|e| e.to_string())?;
+        for part in request {
+            send.write_all(part).await.map_err(|e| e.to_string())?;
+        }
         send.finish().map_err(|e| e.to_string())?;
     }
     // Fully written and finished: from here a dropped call leaves the request to complete.
@@ -646,7 +648,7 @@ async fn client_handshake(
         proof: proof(secret, b"client", node_id, &ekm),
     };
     let bytes = codec::encode(&hello).map_err(|e| Handshake::Failed(e.to_string()))?;
-    let answer = exchange(conn, &bytes, HELLO_MAX)
+    let answer = exchange(conn, &[&bytes], HELLO_MAX)
         .await
         .map_err(Handshake::Failed)?;
     match codec::decode::<Welcome>(&answer) {

@@ -165,6 +165,15 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+impl Request {
+    /// The request's encoding up to its body: this, then the body's bytes, are the bytes
+    /// [`crate::codec::encode`] writes for the request. A sender writes the two parts as they
+    /// are instead of copying a body of many entries into one frame first.
+    pub fn encode_head(&self) -> Result<Vec<u8>, crate::codec::CodecError> {
+        crate::codec::encode(&(self.channel, self.group, self.body.len() as u64))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Ok(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -190,6 +199,16 @@ mod tests {
         };
         let bytes = codec::encode(&r).expect("encode");
         assert_eq!(codec::decode::<Request>(&bytes).expect("decode"), r);
+        for len in [0, 3, 250, 251, 70_000] {
+            let r = Request {
+                channel: Channel::Batch,
+                group: 70_000,
+                body: vec![7; len],
+            };
+            let mut parts = r.encode_head().expect("head");
+            parts.extend_from_slice(&r.body);
+            assert_eq!(parts, codec::encode(&r).expect("encode"));
+        }
         assert!(codec::decode::<Request>(&bytes[..bytes.len() - 1]).is_err());
         assert!(codec::decode::<Request>(&[0xff; 16]).is_err());
         let w = Welcome::Refused {

@@ -111,7 +111,7 @@ async fn garbage_on_the_wire_gets_an_error_not_a_crash() {
     let b = start(2, SECRET);
     // An authenticated peer sending a frame that is not a Request.
     let conn = b.connection(a.local_addr()).await.expect("connect");
-    let answer = exchange(&conn, &[0xff, 0xfe, 0xfd], 1 << 20)
+    let answer = exchange(&conn, &[&[0xff, 0xfe, 0xfd]], 1 << 20)
         .await
         .expect("answer");
     match codec::decode::<Response>(&answer).expect("response") {
