@@ -153,7 +153,7 @@ impl Points {
         match self {
             Points::Decoded(v) => PointIter::Decoded(v.iter()),
             Points::Encoded(e) => PointIter::Encoded(crate::codec::EncodedPointIter::new(
-                &e.bytes[e.range.clone()],
+                e.bytes.get(e.range.clone()).unwrap_or_default(),
                 e.len,
             )),
         }
