@@ -82,3 +82,64 @@ impl Watchers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::state::{Bucketing, Filter, Source};
+    use protocol::DataPoint;
+
+    #[test]
+    fn a_batch_as_received_emits_what_the_batch_made_here_does() {
+        // A leader sent a forward applies the points where they lie in the received bytes;
+        // live watches must see the same deltas as from a batch parsed on the node.
+        let got: Arc<std::sync::Mutex<Vec<Partial>>> = Default::default();
+        let sink_got = got.clone();
+        let mut watchers = Watchers::default();
+        watchers.add(Arc::new(Watch {
+            id: 1,
+            query: ShardQuery {
+                metric: "clicks".into(),
+                filters: vec![Filter {
+                    key: "os".into(),
+                    value: "ios".into(),
+                    negate: true,
+                }],
+                group_by: vec!["country".into()],
+                start_ms: 0,
+                end_ms: i64::MAX,
+                bucketing: Bucketing::Aligned(1_000),
+                source: Source::Raw,
+                sketch: true,
+            },
+            sink: Arc::new(move |_, p| sink_got.lock().expect("lock").push(p)),
+        }));
+        let points: Vec<DataPoint> = (0..60)
+            .map(|i| DataPoint {
+                metric: if i % 10 == 0 { "other" } else { "clicks" }.into(),
+                timestamp_ms: i * 250,
+                value: i as f64,
+                dimensions: vec![
+                    ("country".into(), ["de", "fr", "jp"][i as usize % 3].into()),
+                    ("os".into(), ["ios", "android"][i as usize % 2].into()),
+                ],
+            })
+            .collect();
+        let made = ShardBatch {
+            shard: 0,
+            received_ms: 5,
+            points: points.into(),
+            batch_id: None,
+            hashes: Default::default(),
+            encoded: Default::default(),
+        };
+        let bytes: Arc<[u8]> = protocol::codec::encode(&made).expect("encode").into();
+        let received = protocol::codec::decode_shard_batch(&bytes, 0).expect("decode");
+        watchers.emit(0, &made);
+        watchers.emit(0, &received);
+        let got = got.lock().expect("lock");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), 3, "three countries, iOS filtered out");
+        assert_eq!(got[0], got[1]);
+    }
+}
