@@ -152,7 +152,7 @@ impl Points {
     pub fn iter(&self) -> PointIter<'_> {
         match self {
             Points::Decoded(v) => PointIter::Decoded(v.iter()),
-            Points::Encoded(e) => PointIter::Encoded(crate::codec::EncodedPointIter::new(
+            Points::Encoded(e) => PointIter::Encoded(crate::codec::encoded_points(
                 e.bytes.get(e.range.clone()).unwrap_or_default(),
                 e.len,
             )),
@@ -265,7 +265,7 @@ impl<'a> Dims<'a> {
         match *self {
             Dims::Slice(s) => BytePairs::Slice(s.iter()),
             Dims::Encoded { bytes, len } => {
-                BytePairs::Encoded(crate::codec::EncodedPairs::new(bytes, len))
+                BytePairs::Encoded(crate::codec::encoded_pairs(bytes, len))
             }
         }
     }

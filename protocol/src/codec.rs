@@ -298,62 +298,47 @@ impl<'a> Again<'a> {
     }
 }
 
-/// The points of [`crate::batch::Points::Encoded`], read in place (see [`Again`]). The bytes
-/// were checked when the batch was decoded, so reading them again cannot fail; were they
-/// damaged anyway, the iteration would end early, never panic.
-pub struct EncodedPointIter<'a> {
+/// `left` items read in place from checked bytes (see [`Again`]); reading them again cannot
+/// fail, but were the bytes damaged anyway, the iteration would end early, never panic.
+pub struct InPlace<'a, T> {
     r: Again<'a>,
     left: usize,
+    read: fn(&mut Again<'a>) -> Option<T>,
 }
 
-impl<'a> EncodedPointIter<'a> {
-    pub(crate) fn new(bytes: &'a [u8], len: usize) -> Self {
-        Self {
-            r: Again { buf: bytes, pos: 0 },
-            left: len,
-        }
-    }
-}
+impl<T> Iterator for InPlace<'_, T> {
+    type Item = T;
 
-impl<'a> Iterator for EncodedPointIter<'a> {
-    type Item = PointRef<'a>;
-
-    fn next(&mut self) -> Option<PointRef<'a>> {
+    fn next(&mut self) -> Option<T> {
         self.left = self.left.checked_sub(1)?;
-        let p = self.r.point();
-        if p.is_none() {
+        let item = (self.read)(&mut self.r);
+        if item.is_none() {
             self.left = 0;
         }
-        p
+        item
     }
 }
 
-/// The dimensions of an encoded point, read in place (see [`EncodedPointIter`]), as the bytes
-/// of each name (hashing and comparing need no more; checked to be UTF-8 before).
-pub struct EncodedPairs<'a> {
-    r: Again<'a>,
-    left: usize,
-}
+/// The points of [`crate::batch::Points::Encoded`].
+pub type EncodedPointIter<'a> = InPlace<'a, PointRef<'a>>;
 
-impl<'a> EncodedPairs<'a> {
-    pub(crate) fn new(bytes: &'a [u8], len: usize) -> Self {
-        Self {
-            r: Again { buf: bytes, pos: 0 },
-            left: len,
-        }
+/// The dimensions of an encoded point as the bytes of each name (hashing and comparing need
+/// no more; they were checked to be UTF-8 on receipt).
+pub type EncodedPairs<'a> = InPlace<'a, (&'a [u8], &'a [u8])>;
+
+pub(crate) fn encoded_points(bytes: &[u8], len: usize) -> EncodedPointIter<'_> {
+    InPlace {
+        r: Again { buf: bytes, pos: 0 },
+        left: len,
+        read: Again::point,
     }
 }
 
-impl<'a> Iterator for EncodedPairs<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<(&'a [u8], &'a [u8])> {
-        self.left = self.left.checked_sub(1)?;
-        let p = self.r.bytes().zip(self.r.bytes());
-        if p.is_none() {
-            self.left = 0;
-        }
-        p
+pub(crate) fn encoded_pairs(bytes: &[u8], len: usize) -> EncodedPairs<'_> {
+    InPlace {
+        r: Again { buf: bytes, pos: 0 },
+        left: len,
+        read: |r| r.bytes().zip(r.bytes()),
     }
 }
 
