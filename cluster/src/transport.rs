@@ -227,6 +227,22 @@ const BATCH_MAX: usize = 1024;
 /// the heartbeat interval and the leader lease.
 const BATCH_LINGER: Duration = Duration::from_millis(2);
 
+/// Socket buffers the endpoint asks for: a burst of append-entries from two leaders must not
+/// overflow the kernel's default (~200 KiB) and be dropped, which QUIC reads as congestion.
+/// The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// The endpoint's socket, bound to `addr`, with [`UDP_BUFFER_BYTES`] asked for.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, it only drops sooner under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 impl Transport {
     /// Binds the endpoint and starts serving `service`.
     pub fn start(
@@ -243,9 +259,16 @@ impl Transport {
             config.certificate.as_ref(),
             &config.client_alpns,
         )?;
-        let mut endpoint = quinn::Endpoint::server(server, config.listen).map_err(|e| {
+        let bind = |e: std::io::Error| {
             TransportError::Setup(format!("cannot bind QUIC {}: {e}", config.listen))
-        })?;
+        };
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            udp_socket(config.listen).map_err(bind)?,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind)?;
         endpoint.set_default_client_config(client);
         let clients = Clients::default();
         let accept = tokio::spawn(accept_loop(
