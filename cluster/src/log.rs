@@ -41,8 +41,9 @@ use std::time::Duration;
 pub use recovery::{RecoveryReport, Truncation};
 
 /// First bytes of every segment file.
-/// 002: record kinds and Raft indices (001 was the log before Raft; it is refused by name).
-pub const MAGIC: &[u8; 8] = b"PBWAL002";
+/// 003: a batch's points compressed (`protocol::codec::compress_points`); 002 (record kinds
+/// and Raft indices) and 001 (the log before Raft) are refused by name.
+pub const MAGIC: &[u8; 8] = b"PBWAL003";
 /// Bytes of a record's frame before the payload.
 pub const RECORD_HEADER: usize = 4 + 4 + 4 + 8;
 /// The largest payload accepted; also what recovery believes before allocating.

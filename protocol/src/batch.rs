@@ -116,9 +116,9 @@ impl ShardBatch {
 }
 
 /// A batch's points, in one of two forms with one value: as made on this node (parsed from a
-/// request), or as received from another node — the points' encoding inside the shared
-/// buffer that brought them, checked when the batch was decoded
-/// ([`crate::codec::decode_shard_batch`]). A follower applies every point its leader sends
+/// request), or as received from another node or read back from the log — the points'
+/// encoding, decompressed into one buffer and checked when the batch was decoded
+/// ([`crate::codec::decompress_points`]). A follower applies every point its leader sends
 /// and stores none of them as they came (a shard keeps one copy per series), so it reads them
 /// where they lie instead of allocating each point's names and dimensions only to compare
 /// and drop them. Both forms encode alike and compare by value.
@@ -184,19 +184,28 @@ impl std::fmt::Debug for Points {
     }
 }
 
-/// Exactly as a `Vec<DataPoint>` (so both forms encode to the same bytes).
+/// Compressed ([`crate::codec::compress_points`]); both forms encode to the same bytes.
 impl Serialize for Points {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Points::Decoded(v) => v.serialize(s),
-            Points::Encoded(_) => seq(s, self.len(), self.iter()),
-        }
+        let compressed = crate::codec::compress_points(self).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&compressed)
     }
 }
 
+/// Decodes to [`Points::Encoded`], as [`crate::codec::decode_shard_batch`] does.
 impl<'de> Deserialize<'de> for Points {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Vec::<DataPoint>::deserialize(d).map(Points::from)
+        struct Compressed;
+        impl serde::de::Visitor<'_> for Compressed {
+            type Value = Points;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("compressed points")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Points, E> {
+                crate::codec::decompress_points(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(Compressed)
     }
 }
 

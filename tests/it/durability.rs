@@ -200,7 +200,7 @@ async fn old_log_segments_are_freed_while_most_shards_are_quiet() {
     let cfg = dir.path().join("pb.toml");
     std::fs::write(
         &cfg,
-        "[storage]\nsnapshot_interval = \"1s\"\nwal_segment_bytes = 131072\n",
+        "[storage]\nsnapshot_interval = \"1s\"\nwal_segment_bytes = 16384\n",
     )
     .unwrap();
     let data = dir.path().join("data");
@@ -250,7 +250,7 @@ async fn old_log_segments_are_freed_while_most_shards_are_quiet() {
 async fn a_clean_stop_frees_the_log_its_snapshots_cover() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pb.toml");
-    std::fs::write(&cfg, "[storage]\nwal_segment_bytes = 131072\n").unwrap();
+    std::fs::write(&cfg, "[storage]\nwal_segment_bytes = 16384\n").unwrap();
     let data = dir.path().join("data");
     let args = ["--config", cfg.to_str().unwrap()];
     let node = Node::start_in(&data, &args).await;
