@@ -112,6 +112,8 @@ where
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;
 
 /// A state machine's failure as openraft takes it.
