@@ -43,6 +43,8 @@ pub trait EncodedEntry {
     fn encoded(&self) -> Result<std::sync::Arc<[u8]>, protocol::codec::CodecError>;
     /// Keeps `bytes` (this entry's encoding, as received) with the payload.
     fn keep(&self, bytes: std::sync::Arc<[u8]>);
+    /// Memory the entry holds besides its encoding (see `EntryBytes::held_bytes`).
+    fn held_bytes(&self) -> usize;
     /// Decodes an entry [`EncodedEntry::encoded`] wrote, its payload through the payload's
     /// own decoder (see `protocol::codec::EntryBytes::decode_payload`, which may keep
     /// referring to `bytes`).
@@ -92,6 +94,14 @@ where
         use protocol::codec::EntryBytes;
         if let openraft::EntryPayload::Normal(data) = &self.payload {
             data.keep_entry_bytes(bytes);
+        }
+    }
+
+    fn held_bytes(&self) -> usize {
+        use protocol::codec::EntryBytes;
+        match &self.payload {
+            openraft::EntryPayload::Normal(data) => data.held_bytes(),
+            _ => 0,
         }
     }
 

@@ -75,6 +75,19 @@ impl crate::codec::EntryBytes for ShardBatch {
             _ => None,
         }
     }
+
+    fn held_bytes(&self) -> usize {
+        match &self.points {
+            Points::Encoded(e) => e.bytes.len(),
+            Points::Decoded(v) => v
+                .iter()
+                .map(|p| {
+                    std::mem::size_of::<DataPoint>()
+                        + p.dimensions.capacity() * std::mem::size_of::<(Name, Name)>()
+                })
+                .sum(),
+        }
+    }
 }
 
 /// A cache beside a batch's points (see [`ShardBatch::hashes`]): not part of its value, so

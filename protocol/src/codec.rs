@@ -99,6 +99,12 @@ pub trait EntryBytes {
         None
     }
     fn keep_entry_bytes(&self, _bytes: Arc<[u8]>) {}
+    /// Memory the payload holds besides its encoding (a log store that caps the entries it
+    /// keeps counts both; the encoding of a batch's points is compressed, the points in
+    /// memory are not).
+    fn held_bytes(&self) -> usize {
+        0
+    }
     /// The payload's own encoding ([`encode`]'s bytes), if it was kept: an entry's encoding is
     /// its log id's, the payload variant's, then these, so it is built without encoding the
     /// payload again.
@@ -591,7 +597,15 @@ mod tests {
             hashes: Default::default(),
             encoded: Default::default(),
         };
-        let sent = encode(&batch).unwrap().len();
-        assert!(sent * 3 < raw, "{raw} bytes of points sent as {sent}");
+        let sent = encode(&batch).unwrap();
+        assert!(
+            sent.len() * 3 < raw,
+            "{raw} bytes of points sent as {}",
+            sent.len()
+        );
+        // What a log store counts as held in memory: the points, not their compressed form.
+        assert!(batch.held_bytes() > raw);
+        let received = decode_shard_batch(&sent.into(), 0).unwrap();
+        assert_eq!(received.held_bytes(), raw);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Entries are encoded with `protocol::codec` and appended with the group's own indices, so
 //! every group on the node shares one group commit. Recent entries stay in memory (appended
-//! ones until durable, durable ones until applied — up to [`CACHE_BYTES`] of their encoding
-//! per group — and then [`APPLIED_CACHE_BYTES`] of the newest applied): the state machine and
+//! ones until durable, durable ones until applied — up to [`CACHE_BYTES`] of memory per
+//! group, their encoding and what they hold besides — and then [`APPLIED_CACHE_BYTES`] of
+//! the newest applied): the state machine and
 //! replication read them back right after they are written, and an entry whose
 //! data is shared (`ShardBatch` points sit behind an `Arc`) clones cheaply. Older ones are
 //! read back from the segment files, which only a lagging follower's replication asks for.
@@ -25,18 +26,18 @@ use serde::Serialize;
 
 use crate::log::{Op, SharedLog};
 
-/// Encoded bytes of applied entries a group keeps in memory, for replication to a follower a
-/// little behind (one further behind is sent entries read back from disk). An entry in memory
-/// is its decoded points (several times its encoding) plus the encoding, so this is kept small.
-pub const APPLIED_CACHE_BYTES: usize = 64 << 10;
-/// Encoded bytes of durable entries a group keeps in memory even before they are applied;
-/// past it the oldest leave memory and apply reads them back from disk (a state machine far
-/// behind must not make its log hold everything it has yet to apply).
-pub const CACHE_BYTES: usize = 4 << 20;
+/// Memory of applied entries (their encoding and their points) a group keeps, for
+/// replication to a follower a little behind (one further behind is sent entries read back
+/// from disk): about two thousand points.
+pub const APPLIED_CACHE_BYTES: usize = 256 << 10;
+/// Memory of durable entries a group keeps even before they are applied; past it the oldest
+/// leave memory and apply reads them back from disk (a state machine far behind must not
+/// make its log hold everything it has yet to apply): about seventy thousand points.
+pub const CACHE_BYTES: usize = 8 << 20;
 
 struct Cache<E> {
     /// Entries not yet durable, the durable ones not yet applied, and the most recent applied
-    /// ones, with their encoded size.
+    /// ones, with the memory each holds (its encoding and its points).
     entries: BTreeMap<u64, (E, usize)>,
     bytes: usize,
     /// Highest index known durable.
@@ -317,7 +318,9 @@ where
                 let payload = entry
                     .encoded()
                     .map_err(|e| err::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-                let size = payload.len();
+                // What the entry holds in memory: its encoding and, for a batch, its
+                // points (compressed in the encoding, not in memory).
+                let size = payload.len() + entry.held_bytes();
                 c.bytes += size;
                 if let Some((_, old)) = c.entries.insert(index, (entry, size)) {
                     c.bytes -= old;
@@ -407,21 +410,32 @@ mod cache_tests {
     #[test]
     fn trim_keeps_what_is_not_durable_or_not_applied() {
         let size = 16 << 10;
-        // 8 MiB cached, nothing durable: all of it stays (it exists nowhere else).
-        let mut c = cache(512, size);
+        let n = 2 * (CACHE_BYTES / size) as u64;
+        let kept = (CACHE_BYTES / size) as u64;
+        // Twice CACHE_BYTES cached, nothing durable: all of it stays (it exists nowhere else).
+        let mut c = cache(n, size);
         c.trim();
-        assert_eq!(c.entries.len(), 512);
+        assert_eq!(c.entries.len() as u64, n);
         // All durable, none applied: down to CACHE_BYTES, oldest first.
-        c.durable = Some(512);
+        c.durable = Some(n);
         c.trim();
         assert_eq!(c.bytes, CACHE_BYTES);
-        assert_eq!(c.entries.first_key_value().map(|e| *e.0), Some(257));
-        // Applied up to 400: those past the newest APPLIED_CACHE_BYTES go; the unapplied stay.
+        assert_eq!(
+            c.entries.first_key_value().map(|e| *e.0),
+            Some(n - kept + 1)
+        );
+        // Applied up to all but 112: those past the newest APPLIED_CACHE_BYTES go; the
+        // unapplied stay.
+        let applied = n - 112;
         let mark = AppliedMark(Arc::new(Mutex::new(c)));
-        mark.set(400);
+        mark.set(applied);
         let c = mark.0.lock().expect("lock");
-        assert!(c.entries.contains_key(&401));
+        assert!(c.entries.contains_key(&(applied + 1)));
         assert_eq!(c.entries.len(), 112 + APPLIED_CACHE_BYTES / size);
-        assert_eq!(c.entries.first_key_value().map(|e| *e.0), Some(397));
+        let newest_applied = (APPLIED_CACHE_BYTES / size) as u64;
+        assert_eq!(
+            c.entries.first_key_value().map(|e| *e.0),
+            Some(applied - newest_applied + 1)
+        );
     }
 }
