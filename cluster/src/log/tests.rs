@@ -150,6 +150,53 @@ fn purges_release_covered_segments_and_survive_reopen() {
 }
 
 #[test]
+fn a_segment_whose_entries_are_all_purged_is_freed_though_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(config(dir.path()));
+    // Less than a segment (4 096 bytes), more than an eighth of one: nothing rolls by size.
+    write_entries(&log, &(1..=20).map(|i| (0, i)).collect::<Vec<_>>());
+    let written = segments(dir.path());
+    assert_eq!(written.len(), 1);
+    let size = |p: &std::path::PathBuf| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    assert!(size(&written[0]) > 4096 / 8, "{}", size(&written[0]));
+    // Purged only in part: the segment stays.
+    write_durably(
+        &log,
+        0,
+        vec![Op::Purge {
+            upto: 10,
+            payload: b"p10".to_vec(),
+        }],
+    );
+    assert_eq!(segments(dir.path()), written);
+    // All purged (a snapshot covers every entry): it goes, and the new one is small (the
+    // writer rolls right after answering the purge).
+    write_durably(
+        &log,
+        0,
+        vec![Op::Purge {
+            upto: 20,
+            payload: b"p20".to_vec(),
+        }],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while segments(dir.path()) == written && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let left = segments(dir.path());
+    assert_eq!(left.len(), 1);
+    assert_ne!(left, written);
+    assert!(size(&left[0]) < 4096 / 8, "{}", size(&left[0]));
+    write_entries(&log, &[(0, 21)]);
+    log.shutdown().unwrap();
+
+    let (log, _) = open(config(dir.path()));
+    let g0 = log.group(0);
+    assert_eq!((g0.first, g0.last), (Some(21), Some(21)));
+    assert_eq!(g0.purged, Some((20, b"p20".to_vec())));
+}
+
+#[test]
 fn truncation_vote_and_committed_survive_segment_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = open(config(dir.path()));

@@ -197,7 +197,13 @@ impl Writer {
                     done(Ok(()));
                 }
             }
-            if self.len >= self.config.segment_bytes {
+            // A full segment rolls; so does one whose entries were all purged (a snapshot
+            // covers them), once it holds an eighth of a segment: a node at rest (after a
+            // clean stop, or a quiet one) then keeps no log beyond its snapshots, instead of
+            // up to a whole segment of entries no one will read.
+            let released =
+                purged && self.len >= self.config.segment_bytes / 8 && self.active_released();
+            if self.len >= self.config.segment_bytes || released {
                 if let Err(e) = self.roll() {
                     error!(cause = %e, "write-ahead log could not start a new segment");
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -375,15 +381,25 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether every record of `s` is released (its groups purged past its entries).
+    fn covered(&self, s: &SegmentInfo) -> bool {
+        s.max_index
+            .iter()
+            .all(|(g, i)| self.released.get(g).is_some_and(|r| r >= i))
+    }
+
+    /// Whether the active segment holds entries and every one of them is released.
+    fn active_released(&self) -> bool {
+        self.segments
+            .last()
+            .is_some_and(|s| !s.max_index.is_empty() && self.covered(s))
+    }
+
     /// Deletes closed segments (never the active one) whose records are all released. Only a
     /// prefix is deleted, so the remaining segments stay contiguous for every group.
     fn delete_released(&mut self) {
         let released = &self.released;
-        let covered = |s: &SegmentInfo| {
-            s.max_index
-                .iter()
-                .all(|(g, i)| released.get(g).is_some_and(|r| r >= i))
-        };
+        let covered = |s: &SegmentInfo| self.covered(s);
         let closed = self.segments.len().saturating_sub(1);
         let n = self.segments[..closed]
             .iter()
