@@ -72,6 +72,9 @@ pub struct ShardActorState {
     asleep: bool,
     watchers: Watchers,
     snapshot_dir: PathBuf,
+    /// The applied index of the snapshot this actor last wrote (or installed): asked again
+    /// at that index — a clean stop asks through Raft, then once more — it writes nothing.
+    written: Option<u64>,
 }
 
 impl ShardActorState {
@@ -113,6 +116,7 @@ impl Actor for Shard {
             asleep: false,
             watchers: Watchers::default(),
             snapshot_dir: args.snapshot_dir,
+            written: None,
         })
     }
 
@@ -215,9 +219,13 @@ async fn write_snapshot(dir: &Path, shard: u32, state: &mut ShardState) -> Resul
 /// Writes the shard's snapshot; answers the Raft bookkeeping it records.
 async fn take_snapshot(st: &mut ShardActorState) -> Result<Vec<u8>, String> {
     let index = st.state.applied_index();
+    if st.written == Some(index) {
+        return Ok(st.state.raft_meta().to_vec());
+    }
     let shard = st.state.shard();
     let started = Instant::now();
     let size = write_snapshot(&st.snapshot_dir, shard, &mut st.state).await?;
+    st.written = Some(index);
     info!(
         shard,
         index,
@@ -237,6 +245,7 @@ async fn install(st: &mut ShardActorState, mut state: ShardState) -> Result<(), 
         ));
     }
     write_snapshot(&st.snapshot_dir, shard, &mut state).await?;
+    st.written = Some(state.applied_index());
     info!(
         shard,
         index = state.applied_index(),
@@ -357,5 +366,43 @@ mod tests {
             .await
             .map(|r| !r.is_success())
             .unwrap_or(true));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_asked_for_twice_at_one_index_is_written_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ShardArgs {
+            state: ShardState::new(4, Layout::default()),
+            snapshot_dir: dir.path().to_path_buf(),
+            tick: Duration::from_secs(3600),
+        };
+        let (actor, _handle) = Actor::spawn(None, Shard, args).await.expect("spawn");
+        apply(&actor, 1, batch(4, "a", 1_000)).await;
+        let file = snapshot::path(dir.path(), 4);
+        assert_eq!(
+            ask(&actor, ShardMsg::Snapshot).await.expect("snapshot"),
+            b"meta-1"
+        );
+        assert!(snapshot::read(dir.path(), 4).expect("read").is_some());
+        // A clean stop asks through Raft, then once more: the second writes nothing.
+        std::fs::write(&file, b"stands for the snapshot at index 1").expect("mark");
+        assert_eq!(
+            ask(&actor, ShardMsg::Snapshot).await.expect("snapshot"),
+            b"meta-1"
+        );
+        assert_eq!(
+            std::fs::read(&file).expect("snapshot file"),
+            b"stands for the snapshot at index 1"
+        );
+        // One applied entry later, it is written again.
+        apply(&actor, 2, batch(4, "b", 2_000)).await;
+        assert_eq!(
+            ask(&actor, ShardMsg::Snapshot).await.expect("snapshot"),
+            b"meta-2"
+        );
+        let back = snapshot::read(dir.path(), 4)
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(back.applied_index(), 2);
     }
 }
