@@ -144,7 +144,8 @@ pub enum Points {
 /// See [`Points::Encoded`]: `len` points encoded at `bytes[range]`, already checked.
 #[derive(Clone)]
 pub struct EncodedPoints {
-    pub(crate) bytes: Arc<[u8]>,
+    /// The decompressor's own buffer, shared as it is (not copied into an `Arc<[u8]>`).
+    pub(crate) bytes: Arc<Vec<u8>>,
     pub(crate) range: std::ops::Range<usize>,
     pub(crate) len: usize,
 }
