@@ -32,7 +32,9 @@ struct TestNode {
     snapshot: Arc<std::sync::Mutex<Stored>>,
 }
 
-fn config() -> Arc<Config> {
+/// Timing and snapshot policy of the in-process test clusters (here and `sim_tests`): short
+/// elections, a snapshot every 40 entries with the log purged behind it, 64-byte chunks.
+pub(super) fn config() -> Arc<Config> {
     let c = Config {
         cluster_name: "test".into(),
         heartbeat_interval: 100,

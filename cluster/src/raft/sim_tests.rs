@@ -21,10 +21,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::Raft;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::cluster_tests::config;
 use super::tests::{open_log, Stored, Sum, SumMachine, TestConfig};
 use super::{LogStore, Member};
 
@@ -235,22 +236,6 @@ impl RaftNetwork<TestConfig> for SimClient {
             })
             .await
     }
-}
-
-fn config() -> Arc<Config> {
-    let c = Config {
-        cluster_name: "sim".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        install_snapshot_timeout: 1000,
-        snapshot_max_chunk_size: 64,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
-        max_in_snapshot_log_to_keep: 0,
-        purge_batch_size: 1,
-        ..Default::default()
-    };
-    Arc::new(c.validate().expect("config"))
 }
 
 struct Replica {
