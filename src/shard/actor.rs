@@ -312,6 +312,16 @@ mod tests {
         wait.await.expect("applied");
     }
 
+    /// A shard actor for `shard` keeping its snapshots in `dir` (no ticks during a test).
+    async fn spawn(shard: u32, dir: &Path) -> ShardRef {
+        let args = ShardArgs {
+            state: ShardState::new(shard, Layout::default()),
+            snapshot_dir: dir.to_path_buf(),
+            tick: Duration::from_secs(3600),
+        };
+        Actor::spawn(None, Shard, args).await.expect("spawn").0
+    }
+
     async fn ask<T: Send + 'static>(
         actor: &ShardRef,
         msg: impl FnOnce(RpcReplyPort<T>) -> ShardMsg,
@@ -325,12 +335,7 @@ mod tests {
     #[tokio::test]
     async fn an_asleep_shard_holds_nothing_in_memory_and_wakes_with_every_point() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let args = ShardArgs {
-            state: ShardState::new(3, Layout::default()),
-            snapshot_dir: dir.path().to_path_buf(),
-            tick: Duration::from_secs(3600),
-        };
-        let (actor, _handle) = Actor::spawn(None, Shard, args).await.expect("spawn");
+        let actor = spawn(3, dir.path()).await;
         apply(&actor, 1, batch(3, "a", 1_000)).await;
         apply(&actor, 2, batch(3, "b", 2_000)).await;
         assert_eq!(ask(&actor, ShardMsg::Stats).await.series, 2);
@@ -371,12 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_asked_for_twice_at_one_index_is_written_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let args = ShardArgs {
-            state: ShardState::new(4, Layout::default()),
-            snapshot_dir: dir.path().to_path_buf(),
-            tick: Duration::from_secs(3600),
-        };
-        let (actor, _handle) = Actor::spawn(None, Shard, args).await.expect("spawn");
+        let actor = spawn(4, dir.path()).await;
         apply(&actor, 1, batch(4, "a", 1_000)).await;
         let file = snapshot::path(dir.path(), 4);
         assert_eq!(
