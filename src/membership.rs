@@ -233,6 +233,7 @@ impl Service for NodeService {
             Channel::MetaWrite => {
                 Box::pin(async move { groups.meta().serve_write(&request.body).await })
             }
+            Channel::TakeLead => Box::pin(async move { groups.take_lead(request.group).await }),
             Channel::MetaReadIndex => {
                 Box::pin(async move { groups.meta().serve_read_index().await })
             }

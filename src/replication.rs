@@ -64,6 +64,10 @@ pub struct RaftGroups {
     /// Every node's addresses as last seen (a leaving node's stay reachable while it hands
     /// over the groups it leads).
     known: RwLock<HashMap<u64, Member>>,
+    /// Per shard: proposals here hold it shared; a leader handing the shard's leadership to
+    /// another node holds it alone, so nothing is proposed while the other catches up and
+    /// takes over ([`RaftGroups::hand_over`]).
+    gates: Vec<tokio::sync::RwLock<()>>,
 }
 
 /// The shard map: every node of the cluster (the metadata group's members) and the nodes
@@ -75,6 +79,9 @@ pub struct Placement {
     pub nodes: BTreeMap<u64, Member>,
     /// Per shard, the nodes its replicas belong on.
     pub targets: Vec<Vec<u64>>,
+    /// Per shard, the node that should lead it (`protocol::point::leaders`): leaders spread
+    /// over the nodes.
+    pub leaders: Vec<Option<u64>>,
 }
 
 /// A group as the probes saw it.
@@ -101,6 +108,7 @@ impl RaftGroups {
             .map(|(shard, raft)| (shard as u32, Arc::new(raft.clone()) as Arc<dyn GroupRpc>))
             .collect();
         groups.push((META_GROUP, Arc::new(meta.raft().clone())));
+        let gates = rafts.iter().map(|_| tokio::sync::RwLock::new(())).collect();
         Self {
             rafts,
             shards,
@@ -114,9 +122,11 @@ impl RaftGroups {
                 key: None,
                 nodes: BTreeMap::new(),
                 targets: Vec::new(),
+                leaders: Vec::new(),
             })),
             directory: RwLock::new(Arc::new(HashMap::new())),
             known: RwLock::new(HashMap::new()),
+            gates,
         }
     }
 
@@ -139,13 +149,15 @@ impl RaftGroups {
             (key, nodes)
         };
         let ids: Vec<u64> = nodes.keys().copied().collect();
-        let targets = (0..self.rafts.len() as u32)
+        let targets: Vec<Vec<u64>> = (0..self.rafts.len() as u32)
             .map(|shard| protocol::point::placement(shard, &ids, self.replication_factor))
             .collect();
+        let leaders = protocol::point::leaders(&targets);
         let fresh = Arc::new(Placement {
             key,
             nodes,
             targets,
+            leaders,
         });
         *self.placement.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
         fresh
@@ -295,6 +307,9 @@ impl RaftGroups {
                             "shard {shard}: this node leads it but has not heard from a majority of its replicas for {silent} ms (cut off?); retry on another node"
                         )));
                     }
+                    // Held until the write is committed: a hand-over of the shard's leadership
+                    // waits for writes in flight, and writes wait for it.
+                    let _gate = self.gate(shard).await;
                     // Cloning a batch shares its points.
                     let write = raft.client_write(batch.clone());
                     // A leader cut off from its peers cannot commit; it finds out only when
@@ -407,6 +422,7 @@ impl RaftGroups {
                 retry: false,
             };
         };
+        let _gate = self.gate(shard).await;
         match raft.client_write(batch).await {
             Ok(_) => Response::Ok(Vec::new()),
             Err(e) => Response::Err {
@@ -791,6 +807,7 @@ impl RaftGroups {
             let mut key = None;
             let mut since = Instant::now();
             let mut idle = HashMap::new();
+            let mut led = HashMap::new();
             let mut tick = tokio::time::interval(REBALANCE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -809,6 +826,8 @@ impl RaftGroups {
                     .filter(|&s| me.misplaced(s, &p))
                     .collect();
                 if due.is_empty() {
+                    // Replicas are where they belong: now leaders.
+                    me.balance_leaders(&p, &mut led).await;
                     continue;
                 }
                 info!(
@@ -911,6 +930,189 @@ impl RaftGroups {
                 .map(|(n, _)| *n)
                 .collect::<BTreeSet<u64>>()
                 != target
+    }
+}
+
+/// How long a node must have led a shard before it hands the lead over: a leader grants a
+/// vote only once its own lease (0.5 s from its election) has run out, and a leader that
+/// just took over (a failover) should not be moved again at once.
+const LEAD_BEFORE_HANDING_OVER: Duration = Duration::from_secs(3);
+/// Shards a node hands over at once (each pauses its shard's writes for a few milliseconds).
+const HAND_OVER_AT_ONCE: usize = 4;
+/// How far behind the leader's log a replica may be and still be asked to take the lead:
+/// the leader waits, with the shard's writes paused, for it to catch up the rest.
+const HAND_OVER_LAG: u64 = 64;
+/// The longest a hand-over pauses a shard's writes.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(1);
+
+/// Leader balancing. openraft 0.9 has no leadership transfer; a hand-over is an election the
+/// leader arranges so that it wins: the leader stops proposing in the shard (its gate), waits
+/// until the chosen replica holds its whole log, and asks it to call an election. Its vote
+/// request carries a log as long as the leader's and a higher term; the leader's own lease
+/// has long run out, so the leader grants the vote and steps down — with the candidate's
+/// own, a majority of three. (The third replica refuses while its lease from the leader's
+/// heartbeats runs; it is not needed.) Writes that waited at the gate find a follower and go
+/// on to the new leader. If anything goes wrong the group is left with an election, as after
+/// a failure, and no write is lost either way: Raft's rules decide, the hand-over only picks
+/// the moment.
+impl RaftGroups {
+    /// Shares the shard's gate (a proposal); waits while a hand-over holds it.
+    async fn gate(&self, shard: u32) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        Some(self.gates.get(shard as usize)?.read().await)
+    }
+
+    /// Hands over, a few at a time, the shards this node leads and the shard map says another
+    /// replica should lead (`Placement::leaders`), once that replica is nearly caught up.
+    /// Only groups of two or three voters: with more, the leader's and the candidate's votes
+    /// are not a majority.
+    async fn balance_leaders(&self, p: &Placement, led: &mut HashMap<u32, (u64, Instant)>) {
+        let mut due = Vec::new();
+        for (shard, raft) in self.rafts.iter().enumerate() {
+            let shard = shard as u32;
+            let Some(want) = p.leaders.get(shard as usize).copied().flatten() else {
+                continue;
+            };
+            let m = raft.metrics();
+            let m = m.borrow();
+            if m.current_leader != Some(self.node_id) {
+                led.remove(&shard);
+                continue;
+            }
+            let since = led.entry(shard).or_insert((m.current_term, Instant::now()));
+            if since.0 != m.current_term {
+                *since = (m.current_term, Instant::now());
+            }
+            if want == self.node_id || since.1.elapsed() < LEAD_BEFORE_HANDING_OVER {
+                continue;
+            }
+            let membership = m.membership_config.membership();
+            let voters = membership.voter_ids().count();
+            if !(2..=3).contains(&voters) || !membership.voter_ids().any(|v| v == want) {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&want).copied().flatten())
+                .map(|l| l.index);
+            if matched.is_some_and(|i| i + HAND_OVER_LAG >= last) {
+                due.push((shard, want));
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        info!(
+            shards = due.len(),
+            "handing shard leadership over to where the shard map puts it"
+        );
+        futures_util::stream::iter(due.into_iter().map(|(shard, to)| async move {
+            if let Err(e) = self.hand_over(shard, to).await {
+                info!(shard, to, cause = %e, "leadership not handed over; will retry");
+            }
+        }))
+        .buffer_unordered(HAND_OVER_AT_ONCE)
+        .collect::<Vec<()>>()
+        .await;
+    }
+
+    /// Hands `shard`'s leadership to `to` (see the impl's doc). Returns once this node no
+    /// longer leads it, or with why not.
+    async fn hand_over(&self, shard: u32, to: u64) -> Result<()> {
+        let raft = self.raft(shard)?;
+        let gate = self
+            .gates
+            .get(shard as usize)
+            .ok_or_else(|| Error::BadRequest(format!("no shard {shard}")))?;
+        let started = Instant::now();
+        // Writes in flight finish first; new ones wait.
+        let _paused = tokio::time::timeout(HAND_OVER_WITHIN, gate.write())
+            .await
+            .map_err(|_| Error::Unavailable("writes in flight did not finish".into()))?;
+        let mut metrics = raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(self.node_id) {
+                    return Err(Error::Unavailable("no longer the leader".into()));
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).copied().flatten())
+                    .map(|l| l.index);
+                if matched.is_some() && matched == m.last_log_index {
+                    break;
+                }
+            }
+            let left = HAND_OVER_WITHIN.saturating_sub(started.elapsed());
+            if left.is_zero() || tokio::time::timeout(left, metrics.changed()).await.is_err() {
+                return Err(Error::Unavailable(format!("node {to} did not catch up")));
+            }
+        }
+        let addr: SocketAddr = self
+            .address(to)
+            .and_then(|m| m.quic.parse().ok())
+            .ok_or_else(|| Error::Unavailable(format!("no address for node {to}")))?;
+        let request = Request {
+            channel: Channel::TakeLead,
+            group: shard,
+            body: Vec::new(),
+        };
+        let left = HAND_OVER_WITHIN.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.transport.call(addr, &request)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Error::Unavailable(format!("node {to}: {e}"))),
+            Err(_) => return Err(Error::Unavailable(format!("node {to} did not answer"))),
+        }
+        // Its vote request is on the way; the writes stay paused until it is decided.
+        let left = HAND_OVER_WITHIN
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(200));
+        if tokio::time::timeout(left, leader_changes(raft, self.node_id))
+            .await
+            .is_err()
+        {
+            return Err(Error::Unavailable(format!(
+                "node {to} was asked to take the lead but has not yet"
+            )));
+        }
+        info!(
+            shard,
+            to,
+            paused_ms = started.elapsed().as_millis() as u64,
+            "shard leadership handed over"
+        );
+        Ok(())
+    }
+
+    /// `Channel::TakeLead`: this node's replica of `shard` calls an election, if it votes in
+    /// the group and does not lead it.
+    pub async fn take_lead(&self, shard: u32) -> Response {
+        let Ok(raft) = self.raft(shard) else {
+            return Response::Err {
+                message: format!("no shard {shard}"),
+                retry: false,
+            };
+        };
+        let voter = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.node_id)
+        };
+        if !voter {
+            return Response::Err {
+                message: format!("node {} is not a voter of shard {shard}", self.node_id),
+                retry: false,
+            };
+        }
+        info!(shard, "asked to take the lead; calling an election");
+        GroupRpc::elect(raft).await;
+        Response::Ok(Vec::new())
     }
 }
 

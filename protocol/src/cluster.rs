@@ -89,6 +89,11 @@ pub enum Channel {
     /// body is the member's QUIC address (a `String`); the answer is empty once the node set
     /// out to join, an error if it is not waiting (it founded or joined a cluster already).
     Invite,
+    /// Leader balancing: a shard group's leader asks this node to take the lead — to call an
+    /// election in `Request::group`. The leader has stopped proposing in that group and this
+    /// node's replica holds its whole log, so the leader grants the vote and steps down. The
+    /// answer is empty once the election is called.
+    TakeLead,
 }
 
 impl Channel {

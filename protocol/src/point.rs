@@ -204,9 +204,69 @@ pub fn placement(shard: u32, nodes: &[u64], replication_factor: usize) -> Vec<u6
     scored.into_iter().map(|(_, node)| node).collect()
 }
 
+/// The node that should lead each shard, given each shard's replicas ([`placement`], best
+/// first): of a shard's replicas, the one leading the fewest shards so far, in shard order
+/// (ties go to the best placed). Leaders spread nearly evenly (within two shards of each
+/// other, in the test's layouts), and every node computes the same answer.
+pub fn leaders(targets: &[Vec<u64>]) -> Vec<Option<u64>> {
+    let mut led: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    targets
+        .iter()
+        .map(|replicas| {
+            let best = replicas
+                .iter()
+                .enumerate()
+                .min_by_key(|(rank, node)| (led.get(node).copied().unwrap_or(0), *rank))
+                .map(|(_, node)| *node)?;
+            *led.entry(best).or_default() += 1;
+            Some(best)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaders_spread_evenly_over_the_replicas() {
+        for (nodes, rf, shards) in [
+            (3u64, 3, 16u32),
+            (4, 3, 64),
+            (5, 3, 1024),
+            (2, 3, 7),
+            (7, 2, 100),
+        ] {
+            let ids: Vec<u64> = (1..=nodes).collect();
+            let targets: Vec<Vec<u64>> = (0..shards).map(|s| placement(s, &ids, rf)).collect();
+            let leaders = leaders(&targets);
+            let mut counts = std::collections::BTreeMap::new();
+            for (shard, leader) in leaders.iter().enumerate() {
+                let leader = leader.expect("every placed shard has a leader");
+                assert!(
+                    targets[shard].contains(&leader),
+                    "a leader is one of its replicas"
+                );
+                *counts.entry(leader).or_insert(0usize) += 1;
+            }
+            assert_eq!(
+                counts.len() as u64,
+                nodes.min(shards as u64),
+                "every node leads some"
+            );
+            let (min, max) = (
+                counts.values().min().unwrap(),
+                counts.values().max().unwrap(),
+            );
+            assert!(max - min <= 2, "{nodes} nodes: {counts:?}");
+            assert_eq!(
+                leaders,
+                super::leaders(&targets),
+                "the same answer every time"
+            );
+        }
+        assert_eq!(leaders(&[vec![], vec![9]]), vec![None, Some(9)]);
+    }
 
     #[test]
     fn names() {

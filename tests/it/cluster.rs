@@ -171,9 +171,29 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
         converges(n, &want).await;
     }
 
-    // The killed node comes back with its data directory and its address, and catches up.
+    // The killed node comes back with its data directory and its address, and catches up;
+    // the shards it led are handed back to it, and writes go on across the hand-overs.
     let back = cluster_node(&victim_dir, &victim_quic, None).await;
     converges(&back, &want).await;
+    nodes.push(back);
+    let balanced = std::sync::atomic::AtomicBool::new(false);
+    let writes = async {
+        let mut b = 12;
+        // (A write is never cut short: one not acknowledged may have landed in part.)
+        while !balanced.load(std::sync::atomic::Ordering::Relaxed) {
+            write_batch(&nodes[b % 3], b, 100, base, &mut want).await;
+            b += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let balance = async {
+        leaders_balanced(&nodes[2]).await;
+        balanced.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::join!(balance, writes);
+    for n in &nodes {
+        converges(n, &want).await;
+    }
 }
 
 /// Writes batch `b` of `size` points through `node` like a client riding out a failover
@@ -215,9 +235,50 @@ async fn three_nodes(root: &std::path::Path) -> (Vec<Node>, serde_json::Value) {
     for (i, q) in quic.iter().enumerate().skip(1) {
         nodes.push(cluster_node(&root.join(format!("n{i}")), q, Some(&quic[0])).await);
     }
-    let (status, view) = nodes[2].get("/api/v1/cluster").await;
-    assert_eq!(status, 200, "{view}");
+    let view = leaders_balanced(&nodes[2]).await;
     (nodes, view)
+}
+
+/// The leader each shard should have (the shard map's: `protocol::point::leaders`), for the
+/// nodes in `view` and the default replication factor.
+fn preferred_leaders(view: &serde_json::Value) -> Vec<u64> {
+    let ids: Vec<u64> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    let shards = view["shards"].as_array().unwrap().len() as u32;
+    let targets: Vec<Vec<u64>> = (0..shards)
+        .map(|s| protocol::point::placement(s, &ids, 3))
+        .collect();
+    protocol::point::leaders(&targets)
+        .into_iter()
+        .map(|l| l.unwrap())
+        .collect()
+}
+
+/// Polls `node`'s cluster view until every shard is led by the node the shard map prefers
+/// (a cluster grown from one node starts with every leader on the first; the leaders hand
+/// their shards over) and returns it.
+async fn leaders_balanced(node: &Node) -> serde_json::Value {
+    let mut view = serde_json::Value::Null;
+    for _ in 0..600 {
+        let (status, v) = node.get("/api/v1/cluster").await;
+        assert_eq!(status, 200, "{v}");
+        view = v;
+        let led: Vec<u64> = view["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["leader"].as_u64().unwrap_or(0))
+            .collect();
+        if led == preferred_leaders(&view) {
+            return view;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("leaders never reached where the shard map puts them within 60 s: {view}");
 }
 
 #[tokio::test]
