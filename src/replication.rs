@@ -68,6 +68,8 @@ pub struct RaftGroups {
     /// another node holds it alone, so nothing is proposed while the other catches up and
     /// takes over ([`RaftGroups::hand_over`]).
     gates: Vec<tokio::sync::RwLock<()>>,
+    /// Per shard: membership changes under way here; a shard being changed is not handed over.
+    changing: Vec<std::sync::atomic::AtomicU32>,
 }
 
 /// The shard map: every node of the cluster (the metadata group's members) and the nodes
@@ -109,6 +111,7 @@ impl RaftGroups {
             .collect();
         groups.push((META_GROUP, Arc::new(meta.raft().clone())));
         let gates = rafts.iter().map(|_| tokio::sync::RwLock::new(())).collect();
+        let changing = rafts.iter().map(|_| Default::default()).collect();
         Self {
             rafts,
             shards,
@@ -127,6 +130,7 @@ impl RaftGroups {
             directory: RwLock::new(Arc::new(HashMap::new())),
             known: RwLock::new(HashMap::new()),
             gates,
+            changing,
         }
     }
 
@@ -510,53 +514,69 @@ impl RaftGroups {
                         .await
                         .map(|_| ())
                 };
-                changed
-                    .map(|()| id)
-                    .map_err(|e| Error::Unavailable(format!("group {id}: {e}")))
+                match changed {
+                    Ok(()) => Ok(vec![id]),
+                    // Its leadership moved meanwhile (a hand-over, an election): the new
+                    // leader carries the change out.
+                    Err(e) => match self.leader(id) {
+                        Some((l, Some(leader))) if l != self.node_id && hops < 2 => {
+                            info!(group = id, leader = l, cause = %e, "passing a membership change on to the group's new leader");
+                            self.pass_on(&leader.quic, vec![id], req).await
+                        }
+                        _ => Err(Error::Unavailable(format!("group {id}: {e}"))),
+                    },
+                }
             }
         }))
         .buffer_unordered(RECONCILE_AT_ONCE)
-        .collect::<Vec<Result<u32>>>();
+        .collect::<Vec<Result<Vec<u32>>>>();
         let remote = elsewhere.into_iter().map(|(leader, groups)| {
             let req = &req;
-            async move {
-                let addr: SocketAddr = leader
-                    .parse()
-                    .map_err(|e| Error::Internal(format!("leader address {leader}: {e}")))?;
-                let body = protocol::codec::encode(&MembershipRequest {
-                    groups: Some(groups),
-                    hops: hops + 1,
-                    ..req.clone()
-                })
-                .map_err(|e| Error::Internal(e.to_string()))?;
-                let answer = self
-                    .transport
-                    .call_within(
-                        addr,
-                        &Request {
-                            channel: Channel::Membership,
-                            group: 0,
-                            body,
-                        },
-                        RECONCILE_WITHIN * 4,
-                    )
-                    .await
-                    .map_err(|e| Error::Unavailable(format!("passing the change on: {e}")))?;
-                protocol::codec::decode::<MembershipAnswer>(&answer)
-                    .map_err(|e| Error::Internal(format!("membership answer: {e}")))
-            }
+            async move { self.pass_on(&leader, groups, req).await }
         });
         let (local, remote) =
             futures_util::future::join(local, futures_util::future::join_all(remote)).await;
         let mut done = Vec::new();
-        for r in local {
-            done.push(r?);
-        }
-        for r in remote {
-            done.extend(r?.groups);
+        for r in local.into_iter().chain(remote) {
+            done.extend(r?);
         }
         done.sort_unstable();
         Ok(MembershipAnswer { groups: done })
+    }
+
+    /// Has the node at `leader` carry out `req` for `groups` (which it leads); returns the
+    /// groups done.
+    async fn pass_on(
+        &self,
+        leader: &str,
+        groups: Vec<u32>,
+        req: &MembershipRequest,
+    ) -> Result<Vec<u32>> {
+        let addr: SocketAddr = leader
+            .parse()
+            .map_err(|e| Error::Internal(format!("leader address {leader}: {e}")))?;
+        let body = protocol::codec::encode(&MembershipRequest {
+            groups: Some(groups),
+            hops: req.hops + 1,
+            ..req.clone()
+        })
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let answer = self
+            .transport
+            .call_within(
+                addr,
+                &Request {
+                    channel: Channel::Membership,
+                    group: 0,
+                    body,
+                },
+                RECONCILE_WITHIN * 4,
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("passing the change on: {e}")))?;
+        protocol::codec::decode::<MembershipAnswer>(&answer)
+            .map(|a| a.groups)
+            .map_err(|e| Error::Internal(format!("membership answer: {e}")))
     }
 
     /// At the leader of `shard`: moves its replicas to the nodes the shard map places it
@@ -569,6 +589,18 @@ impl RaftGroups {
         change: Option<(u64, &MemberChange)>,
     ) -> std::result::Result<bool, String> {
         let group = self.group(shard).map_err(|e| e.to_string())?;
+        // Not while the shard's leadership is being handed over (waits for it to end), and no
+        // hand-over while the change runs.
+        let _changing = match self.changing.get(shard as usize) {
+            Some(count) => {
+                let _gate = self.gate(shard).await;
+                Some(Changing::new(count))
+            }
+            None => None,
+        };
+        if leader_of(group).map(|(l, _)| l) != Some(self.node_id) {
+            return Err("this node no longer leads the group".into());
+        }
         let mut nodes = self.placement().nodes.clone();
         match change {
             Some((id, MemberChange::Join { quic, http })) => {
@@ -956,6 +988,13 @@ const HAND_OVER_WITHIN: Duration = Duration::from_secs(1);
 /// a failure, and no write is lost either way: Raft's rules decide, the hand-over only picks
 /// the moment.
 impl RaftGroups {
+    /// Whether a membership change of `shard` is under way here.
+    fn being_changed(&self, shard: u32) -> bool {
+        self.changing
+            .get(shard as usize)
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire) > 0)
+    }
+
     /// Shares the shard's gate (a proposal); waits while a hand-over holds it.
     async fn gate(&self, shard: u32) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
         Some(self.gates.get(shard as usize)?.read().await)
@@ -982,7 +1021,10 @@ impl RaftGroups {
             if since.0 != m.current_term {
                 *since = (m.current_term, Instant::now());
             }
-            if want == self.node_id || since.1.elapsed() < LEAD_BEFORE_HANDING_OVER {
+            if want == self.node_id
+                || since.1.elapsed() < LEAD_BEFORE_HANDING_OVER
+                || self.being_changed(shard)
+            {
                 continue;
             }
             let membership = m.membership_config.membership();
@@ -1030,6 +1072,9 @@ impl RaftGroups {
         let _paused = tokio::time::timeout(HAND_OVER_WITHIN, gate.write())
             .await
             .map_err(|_| Error::Unavailable("writes in flight did not finish".into()))?;
+        if self.being_changed(shard) {
+            return Err(Error::Unavailable("its replicas are being moved".into()));
+        }
         let mut metrics = raft.metrics();
         loop {
             {
@@ -1113,6 +1158,22 @@ impl RaftGroups {
         info!(shard, "asked to take the lead; calling an election");
         GroupRpc::elect(raft).await;
         Response::Ok(Vec::new())
+    }
+}
+
+/// Counts a membership change of a shard while it lives (see [`RaftGroups::being_changed`]).
+struct Changing<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> Changing<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicU32) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
