@@ -277,7 +277,13 @@ fn parse_line(
             .to_ms(t)
             .ok_or_else(|| format!("timestamp {rest:?} is out of range"))?
     };
-    for (key, value) in fields {
+    // The last numeric field takes the tags; the others copy them (one allocation a point
+    // for the usual single-field line, instead of two).
+    let last_number = fields
+        .iter()
+        .rposition(|(_, v)| matches!(v, Field::Number(_)));
+    let mut dims = Some(dims);
+    for (i, (key, value)) in fields.into_iter().enumerate() {
         match value {
             Field::Str => out.ignored_string_fields += 1,
             Field::Number(v) => {
@@ -290,7 +296,11 @@ fn parse_line(
                     metric,
                     timestamp_ms: ts_ms,
                     value: v,
-                    dimensions: dims.clone(),
+                    dimensions: if Some(i) == last_number {
+                        dims.take().unwrap_or_default()
+                    } else {
+                        dims.clone().unwrap_or_default()
+                    },
                 });
             }
         }
