@@ -55,6 +55,11 @@ fn main() {
     // are the medians. The idle side costs a few percent of a core (see the idle figure).
     let single = start_cluster_node(&dir.path().join("single"), &free_quic(), None, &[]);
     let nodes = three_nodes(&dir.path().join("c16"), &[]);
+    let led = rt.block_on(common::leaders_balanced(&nodes[0].base));
+    println!("balanced cluster: shards led by each node {led:?}");
+    // The same cluster with leaders left where elections put them: every shard led by the
+    // node the load enters through (it grew from that node), so it forwards nothing.
+    let pinned = three_nodes(&dir.path().join("p16"), &["--balance-leaders", "false"]);
     std::thread::sleep(Duration::from_secs(1));
     let cpu_of = |ns: &[&common::ClusterNode]| -> Vec<f64> {
         ns.iter()
@@ -76,53 +81,67 @@ fn main() {
     rt.block_on(async {
         drive(&args(&single.base, 100_000, 4)).await.unwrap();
         drive(&args(&nodes[0].base, 100_000, 4)).await.unwrap();
+        drive(&args(&pinned[0].base, 100_000, 4)).await.unwrap();
     });
-    let cluster: Vec<&common::ClusterNode> = nodes.iter().collect();
     let us = |cpu: f64| cpu / points as f64 * 1e6;
-    let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
-    let (mut ones, mut vias) = (Vec::new(), Vec::new());
-    for round in 1..=ROUNDS {
-        let (one, single_cpu) = run(&single.base, &[&single]);
-        report(&format!("round {round}: 1 node"), &one);
-        let (via_one, cluster_cpu) = run(&nodes[0].base, &cluster);
-        report(
-            &format!("round {round}: 3 nodes, RF 3, all load to one node"),
-            &via_one,
-        );
-        // CPU time per point is what the three nodes add up to on shared cores.
-        let total: f64 = cluster_cpu.iter().sum();
-        println!(
-            "round {round}: CPU per point: 1 node {:.2} us; 3 nodes {:.2} us (entry node {:.2}, followers {:.2} and {:.2}): {:.2}x",
-            us(single_cpu[0]),
-            us(total),
-            us(cluster_cpu[0]),
-            us(cluster_cpu[1]),
-            us(cluster_cpu[2]),
-            total / single_cpu[0]
-        );
-        ratios.push(via_one.points_per_second / one.points_per_second);
-        cpu_ratios.push(total / single_cpu[0]);
-        ones.push(one.points_per_second);
-        vias.push(via_one.points_per_second);
-    }
-    drop(single);
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let arrangements = [
+        ("leaders balanced", nodes.iter().collect::<Vec<_>>()),
+        (
+            "leaders on the entry node",
+            pinned.iter().collect::<Vec<_>>(),
+        ),
+    ];
+    let mut ones = Vec::new();
+    // Per arrangement: throughput, its ratio to the round's single node, CPU ratio.
+    let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); arrangements.len()];
+    for round in 1..=ROUNDS {
+        let (one, single_cpu) = run(&single.base, &[&single]);
+        report(&format!("round {round}: 1 node"), &one);
+        ones.push(one.points_per_second);
+        for ((name, cluster), (vias, ratios, cpu_ratios)) in arrangements.iter().zip(&mut results) {
+            let (via_one, cluster_cpu) = run(&cluster[0].base, cluster);
+            report(
+                &format!("round {round}: 3 nodes, RF 3, {name}, all load to one node"),
+                &via_one,
+            );
+            // CPU time per point is what the three nodes add up to on shared cores.
+            let total: f64 = cluster_cpu.iter().sum();
+            println!(
+                "round {round}: CPU per point: 1 node {:.2} us; 3 nodes, {name}: {:.2} us (entry node {:.2}, others {:.2} and {:.2}): {:.2}x",
+                us(single_cpu[0]),
+                us(total),
+                us(cluster_cpu[0]),
+                us(cluster_cpu[1]),
+                us(cluster_cpu[2]),
+                total / single_cpu[0]
+            );
+            vias.push(via_one.points_per_second);
+            ratios.push(via_one.points_per_second / one.points_per_second);
+            cpu_ratios.push(total / single_cpu[0]);
+        }
+    }
+    drop(single);
     let one_median = median(&mut ones);
-    println!(
-        "median of {ROUNDS} rounds: 1 node {:.0} points/s; 3 nodes RF 3 via one node {:.0} points/s; ratio {:.2} (rounds: {}); cluster CPU per point {:.2}x the single node's",
-        one_median,
-        median(&mut vias),
-        median(&mut ratios.clone()),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        median(&mut cpu_ratios)
-    );
+    println!("median of {ROUNDS} rounds: 1 node {one_median:.0} points/s");
+    for ((name, _), (vias, ratios, cpu_ratios)) in arrangements.iter().zip(&mut results) {
+        println!(
+            "median of {ROUNDS} rounds: 3 nodes RF 3, {name}, via one node {:.0} points/s; ratio {:.2} (rounds: {}); cluster CPU per point {:.2}x the single node's",
+            median(vias),
+            median(&mut ratios.clone()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(cpu_ratios)
+        );
+    }
+    drop(arrangements);
+    drop(pinned);
     let spread = rt.block_on(async {
         let runs = nodes.iter().enumerate().map(|(i, n)| {
             let a = LoadArgs {
@@ -135,7 +154,7 @@ fn main() {
     });
     let total: f64 = spread.iter().map(|s| s.points_per_second).sum();
     let p99 = spread.iter().map(|s| s.latency_ms_p99).fold(0.0, f64::max);
-    println!("3 nodes, RF 3, load spread over all three (2 connections each): {total:.0} points/s, worst request p99 {p99:.1} ms");
+    println!("3 nodes, RF 3, leaders balanced, load spread over all three (2 connections each): {total:.0} points/s, worst request p99 {p99:.1} ms");
     println!(
         "ratio of the spread load to the single node's median: {:.2}",
         total / one_median
@@ -149,7 +168,8 @@ fn main() {
         &dir.path().join(format!("c{shards}")),
         &["--shards", &shards.to_string()],
     );
-    std::thread::sleep(Duration::from_secs(5));
+    rt.block_on(common::leaders_balanced(&nodes[0].base));
+    std::thread::sleep(Duration::from_secs(2));
     let cpu = || -> f64 {
         nodes
             .iter()

@@ -53,6 +53,11 @@ pub struct ClusterConfig {
     /// The QUIC address other nodes reach this one at, when it differs from the listen
     /// address (NAT, containers, a relay in front of the node). Default: the listen address.
     pub advertise: Option<SocketAddr>,
+    /// Hand each shard's leadership to the node the shard map names, so leaders spread over
+    /// the nodes (and come back to a node that restarts). Off, leaders stay where elections
+    /// put them: on the first node of a cluster grown from one, which suits a cluster whose
+    /// writes all enter through that node (it forwards nothing).
+    pub balance_leaders: bool,
 }
 
 impl Default for ClusterConfig {
@@ -61,6 +66,7 @@ impl Default for ClusterConfig {
             secret: None,
             replication_factor: 3,
             advertise: None,
+            balance_leaders: true,
         }
     }
 }

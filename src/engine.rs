@@ -284,6 +284,7 @@ impl Engine {
             node_id,
             node.transport.clone(),
             config.cluster.replication_factor,
+            config.cluster.balance_leaders,
         ));
         node.attach(groups.clone());
         // Before waiting for leaders: after a restart this node may hold the longest log of a

@@ -103,6 +103,10 @@ struct ServeArgs {
     /// <data-dir>/cluster.secret].
     #[arg(long, env = "PULSEBOARD_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Hand shard leadership to the nodes the shard map names, spreading leaders over the
+    /// nodes (true), or leave leaders where elections put them (false) [default: true].
+    #[arg(long, env = "PULSEBOARD_BALANCE_LEADERS")]
+    balance_leaders: Option<bool>,
     /// Virtual shards, fixed when the data directory is created [default: 16].
     #[arg(long, env = "PULSEBOARD_SHARDS")]
     shards: Option<u32>,
@@ -271,6 +275,9 @@ async fn serve(mut args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     }
     if let Some(v) = args.shards {
         config.storage.shards = v;
+    }
+    if let Some(v) = args.balance_leaders {
+        config.cluster.balance_leaders = v;
     }
     if let Some(v) = args.cluster_secret.take() {
         config.cluster.secret = Some(v);

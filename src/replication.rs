@@ -70,6 +70,8 @@ pub struct RaftGroups {
     gates: Vec<tokio::sync::RwLock<()>>,
     /// Per shard: membership changes under way here; a shard being changed is not handed over.
     changing: Vec<std::sync::atomic::AtomicU32>,
+    /// Whether this node hands the shards it leads to the leaders the shard map names.
+    balance_leaders: bool,
 }
 
 /// The shard map: every node of the cluster (the metadata group's members) and the nodes
@@ -103,6 +105,7 @@ impl RaftGroups {
         node_id: u64,
         transport: Arc<Transport>,
         replication_factor: usize,
+        balance_leaders: bool,
     ) -> Self {
         let mut groups: Vec<(u32, Arc<dyn GroupRpc>)> = rafts
             .iter()
@@ -131,6 +134,7 @@ impl RaftGroups {
             known: RwLock::new(HashMap::new()),
             gates,
             changing,
+            balance_leaders,
         }
     }
 
@@ -1005,6 +1009,9 @@ impl RaftGroups {
     /// Only groups of two or three voters: with more, the leader's and the candidate's votes
     /// are not a majority.
     async fn balance_leaders(&self, p: &Placement, led: &mut HashMap<u32, (u64, Instant)>) {
+        if !self.balance_leaders {
+            return;
+        }
         let mut due = Vec::new();
         for (shard, raft) in self.rafts.iter().enumerate() {
             let shard = shard as u32;

@@ -187,3 +187,53 @@ pub fn start_cluster_node(
         quic: quic.to_owned(),
     }
 }
+
+/// Waits (up to a minute) until every shard of the cluster `base` belongs to is led where the
+/// shard map puts its leader (`protocol::point::leaders`): the state a cluster settles in,
+/// leaders spread over the nodes. Returns how many shards each node leads.
+pub async fn leaders_balanced(base: &str) -> std::collections::BTreeMap<u64, usize> {
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    let mut view = Value::Null;
+    for _ in 0..600 {
+        view = client
+            .get(format!("{base}/api/v1/cluster"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<u64> = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_u64().unwrap())
+            .collect();
+        let shards = view["shards"].as_array().unwrap();
+        let targets: Vec<Vec<u64>> = (0..shards.len() as u32)
+            .map(|s| protocol::point::placement(s, &ids, 3))
+            .collect();
+        let want = protocol::point::leaders(&targets);
+        let led: Vec<Option<u64>> = shards.iter().map(|s| s["leader"].as_u64()).collect();
+        if led == want {
+            let mut per = std::collections::BTreeMap::new();
+            for l in led.into_iter().flatten() {
+                *per.entry(l).or_insert(0) += 1;
+            }
+            return per;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("leaders not where the shard map puts them within a minute: {view}");
+}

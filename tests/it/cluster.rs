@@ -282,6 +282,39 @@ async fn leaders_balanced(node: &Node) -> serde_json::Value {
 }
 
 #[tokio::test]
+async fn leaders_stay_where_elections_put_them_when_balancing_is_off() {
+    let root = tempfile::tempdir().unwrap();
+    let quic = [free_quic_addr(), free_quic_addr()];
+    let off = |i: usize| -> Vec<&str> {
+        let mut a = vec!["--quic", &quic[i], "--cluster-secret", SECRET];
+        a.extend(["--balance-leaders", "false"]);
+        if i > 0 {
+            a.extend(["--join", &quic[0]]);
+        }
+        a
+    };
+    let first = Node::start_in(&root.path().join("n0"), &off(0)).await;
+    let second = Node::start_in(&root.path().join("n1"), &off(1)).await;
+    let view = every_shard_led(&second).await;
+    let first_id = view["meta_leader"].as_u64().unwrap();
+    // Long enough for a balancing node to have handed over its share (3 s settled, 3 s led).
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let (_, view) = first.get("/api/v1/cluster").await;
+    let shards = view["shards"].as_array().unwrap();
+    assert!(
+        shards
+            .iter()
+            .all(|s| s["replicas"].as_array().unwrap().len() == 2),
+        "{view}"
+    );
+    assert!(shards.iter().all(|s| s["leader"] == first_id), "{view}");
+    assert!(
+        preferred_leaders(&view).iter().any(|&l| l != first_id),
+        "{view}"
+    );
+}
+
+#[tokio::test]
 async fn a_paused_leader_is_replaced_and_rejoins_as_follower() {
     let root = tempfile::tempdir().unwrap();
     let (nodes, view) = three_nodes(root.path()).await;
