@@ -622,6 +622,11 @@ impl Engine {
         self.groups.batched()
     }
 
+    /// Shard leadership hand-overs from this node: (done, failed).
+    pub fn leader_handovers(&self) -> (u64, u64) {
+        self.groups.handovers()
+    }
+
     pub fn log_stats(&self) -> cluster::LogStats {
         self.log.stats()
     }

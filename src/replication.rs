@@ -72,6 +72,8 @@ pub struct RaftGroups {
     changing: Vec<std::sync::atomic::AtomicU32>,
     /// Whether this node hands the shards it leads to the leaders the shard map names.
     balance_leaders: bool,
+    /// Leadership hand-overs from this node: done, failed.
+    handovers: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// The shard map: every node of the cluster (the metadata group's members) and the nodes
@@ -135,6 +137,7 @@ impl RaftGroups {
             gates,
             changing,
             balance_leaders,
+            handovers: Default::default(),
         }
     }
 
@@ -270,6 +273,15 @@ impl RaftGroups {
                 (*id, last, leads)
             })
             .collect()
+    }
+
+    /// Leadership hand-overs from this node: (done, failed).
+    pub fn handovers(&self) -> (u64, u64) {
+        let [done, failed] = &self.handovers;
+        (
+            done.load(std::sync::atomic::Ordering::Relaxed),
+            failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Heartbeats and votes sent to peers batched, and the frames that carried them.
@@ -980,6 +992,18 @@ const HAND_OVER_AT_ONCE: usize = 4;
 const HAND_OVER_LAG: u64 = 64;
 /// The longest a hand-over pauses a shard's writes.
 const HAND_OVER_WITHIN: Duration = Duration::from_secs(1);
+/// How long after a failed hand-over the shard is tried again (doubling with each failure).
+const HAND_OVER_RETRY: Duration = Duration::from_secs(10);
+
+/// A shard this node leads, as the balancer tracks it.
+struct Led {
+    /// The term it has led in since `since`.
+    term: u64,
+    since: Instant,
+    /// Failed hand-overs in this term, and when the next may be tried.
+    failures: u32,
+    not_before: Instant,
+}
 
 /// Leader balancing. openraft 0.9 has no leadership transfer; a hand-over is an election the
 /// leader arranges so that it wins: the leader stops proposing in the shard (its gate), waits
@@ -1008,7 +1032,7 @@ impl RaftGroups {
     /// replica should lead (`Placement::leaders`), once that replica is nearly caught up.
     /// Only groups of two or three voters: with more, the leader's and the candidate's votes
     /// are not a majority.
-    async fn balance_leaders(&self, p: &Placement, led: &mut HashMap<u32, (u64, Instant)>) {
+    async fn balance_leaders(&self, p: &Placement, led: &mut HashMap<u32, Led>) {
         if !self.balance_leaders {
             return;
         }
@@ -1024,12 +1048,28 @@ impl RaftGroups {
                 led.remove(&shard);
                 continue;
             }
-            let since = led.entry(shard).or_insert((m.current_term, Instant::now()));
-            if since.0 != m.current_term {
-                *since = (m.current_term, Instant::now());
+            let now = Instant::now();
+            let entry = led.entry(shard).or_insert(Led {
+                term: m.current_term,
+                since: now,
+                failures: 0,
+                not_before: now,
+            });
+            if entry.term != m.current_term {
+                *entry = Led {
+                    term: m.current_term,
+                    since: now,
+                    failures: 0,
+                    not_before: now,
+                };
             }
+            // Only to a node whose probe answered just now (a dead one would keep the
+            // shard's writes paused for the hand-over's whole second, every second).
+            let alive = self.seen(shard).is_some_and(|s| s.replicas.contains(&want));
             if want == self.node_id
-                || since.1.elapsed() < LEAD_BEFORE_HANDING_OVER
+                || entry.since.elapsed() < LEAD_BEFORE_HANDING_OVER
+                || now < entry.not_before
+                || !alive
                 || self.being_changed(shard)
             {
                 continue;
@@ -1056,14 +1096,25 @@ impl RaftGroups {
             shards = due.len(),
             "handing shard leadership over to where the shard map puts it"
         );
-        futures_util::stream::iter(due.into_iter().map(|(shard, to)| async move {
-            if let Err(e) = self.hand_over(shard, to).await {
-                info!(shard, to, cause = %e, "leadership not handed over; will retry");
-            }
+        let failed = futures_util::stream::iter(due.into_iter().map(|(shard, to)| async move {
+            let result = self.hand_over(shard, to).await;
+            self.handovers[result.is_err() as usize]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            result.err().map(|e| (shard, to, e))
         }))
         .buffer_unordered(HAND_OVER_AT_ONCE)
-        .collect::<Vec<()>>()
+        .collect::<Vec<_>>()
         .await;
+        // Each failure paused the shard's writes for up to a second: the next try waits
+        // 10 s, then twice as long each time (up to 160 s).
+        for (shard, to, e) in failed.into_iter().flatten() {
+            if let Some(entry) = led.get_mut(&shard) {
+                let wait = HAND_OVER_RETRY * 2u32.pow(entry.failures.min(4));
+                entry.failures += 1;
+                entry.not_before = Instant::now() + wait;
+                info!(shard, to, cause = %e, retry_in_s = wait.as_secs(), "leadership not handed over");
+            }
+        }
     }
 
     /// Hands `shard`'s leadership to `to` (see the impl's doc). Returns once this node no

@@ -297,6 +297,17 @@ impl Telemetry {
         let _ = writeln!(w, "pulseboard_raft_batched_rpcs_total {batched}");
         let _ = writeln!(w, "# TYPE pulseboard_raft_batch_frames_total counter");
         let _ = writeln!(w, "pulseboard_raft_batch_frames_total {frames}");
+        let (done, failed) = engine.leader_handovers();
+        let _ = writeln!(w, "# HELP pulseboard_leader_handovers_total Shard leaderships this node handed to the node the shard map names (leader balancing), by outcome.");
+        let _ = writeln!(w, "# TYPE pulseboard_leader_handovers_total counter");
+        let _ = writeln!(
+            w,
+            "pulseboard_leader_handovers_total{{outcome=\"done\"}} {done}"
+        );
+        let _ = writeln!(
+            w,
+            "pulseboard_leader_handovers_total{{outcome=\"failed\"}} {failed}"
+        );
 
         if let Some(s) = stats {
             let _ = writeln!(w, "# TYPE pulseboard_series gauge");

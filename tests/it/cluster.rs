@@ -162,6 +162,10 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
     let (victim_index, victim_quic) = shard_0_leader(&nodes, &view);
     let killed = nodes.remove(victim_index);
     let (victim_dir, _keep) = killed.kill9();
+    let mut failed_before = Vec::new();
+    for n in &nodes {
+        failed_before.push(handovers(n, "failed").await);
+    }
     for b in 6..12 {
         // A write in flight to the dead leader may fail (503): the client retries with its
         // key, and the batch counts once.
@@ -169,6 +173,16 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
     }
     for n in &nodes {
         converges(n, &want).await;
+    }
+    // The shards the dead node should lead stay with the new leaders: no hand-over is tried
+    // (each would pause the shard's writes) while it answers no probe — long enough for the
+    // new leaders to have led for the 3 s a hand-over waits for.
+    for b in 12..20 {
+        write_batch(&nodes[b % 2], b, 100, base, &mut want).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    for (n, before) in nodes.iter().zip(failed_before) {
+        assert_eq!(handovers(n, "failed").await, before, "{}", n.base);
     }
 
     // The killed node comes back with its data directory and its address, and catches up;
@@ -178,7 +192,7 @@ async fn three_nodes_replicate_every_shard_and_survive_a_leader_kill() {
     nodes.push(back);
     let balanced = std::sync::atomic::AtomicBool::new(false);
     let writes = async {
-        let mut b = 12;
+        let mut b = 20;
         // (A write is never cut short: one not acknowledged may have landed in part.)
         while !balanced.load(std::sync::atomic::Ordering::Relaxed) {
             write_batch(&nodes[b % 3], b, 100, base, &mut want).await;
@@ -237,6 +251,16 @@ async fn three_nodes(root: &std::path::Path) -> (Vec<Node>, serde_json::Value) {
     }
     let view = leaders_balanced(&nodes[2]).await;
     (nodes, view)
+}
+
+/// Shard leaderships `node` handed over with `outcome` (`done` or `failed`), from /metrics.
+async fn handovers(node: &Node, outcome: &str) -> u64 {
+    let line = format!("pulseboard_leader_handovers_total{{outcome=\"{outcome}\"}} ");
+    node.metrics_text()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+        .expect("the hand-over counter is in /metrics")
 }
 
 /// The leader each shard should have (the shard map's: `protocol::point::leaders`), for the
