@@ -67,6 +67,17 @@ pub async fn start_with(extra: &[&str]) -> Server {
         .unwrap();
     let addr = ready_addr(&mut child);
     let base = format!("http://{addr}");
+    let token = login(&base).await;
+    Server {
+        child,
+        base,
+        token,
+        _dir: dir,
+    }
+}
+
+/// A session token for `admin` on the node at `base`.
+pub async fn login(base: &str) -> String {
     let r: Value = reqwest::Client::new()
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({"username": "admin", "password": PASSWORD}))
@@ -76,12 +87,7 @@ pub async fn start_with(extra: &[&str]) -> Server {
         .json()
         .await
         .unwrap();
-    Server {
-        child,
-        base,
-        token: r["token"].as_str().unwrap().to_owned(),
-        _dir: dir,
-    }
+    r["token"].as_str().unwrap().to_owned()
 }
 
 impl Server {
@@ -193,16 +199,7 @@ pub fn start_cluster_node(
 /// leaders spread over the nodes. Returns how many shards each node leads.
 pub async fn leaders_balanced(base: &str) -> std::collections::BTreeMap<u64, usize> {
     let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = login(base).await;
     let mut view = Value::Null;
     for _ in 0..600 {
         view = client
@@ -221,10 +218,7 @@ pub async fn leaders_balanced(base: &str) -> std::collections::BTreeMap<u64, usi
             .map(|n| n["id"].as_u64().unwrap())
             .collect();
         let shards = view["shards"].as_array().unwrap();
-        let targets: Vec<Vec<u64>> = (0..shards.len() as u32)
-            .map(|s| protocol::point::placement(s, &ids, 3))
-            .collect();
-        let want = protocol::point::leaders(&targets);
+        let want = protocol::point::shard_leaders(shards.len() as u32, &ids, 3);
         let led: Vec<Option<u64>> = shards.iter().map(|s| s["leader"].as_u64()).collect();
         if led == want {
             let mut per = std::collections::BTreeMap::new();

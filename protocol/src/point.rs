@@ -224,6 +224,15 @@ pub fn leaders(targets: &[Vec<u64>]) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// The shard map's leader of each of `shards` shards over `nodes` ([`placement`], then
+/// [`leaders`]).
+pub fn shard_leaders(shards: u32, nodes: &[u64], replication_factor: usize) -> Vec<Option<u64>> {
+    let targets: Vec<Vec<u64>> = (0..shards)
+        .map(|s| placement(s, nodes, replication_factor))
+        .collect();
+    leaders(&targets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -273,10 +273,7 @@ fn preferred_leaders(view: &serde_json::Value) -> Vec<u64> {
         .map(|n| n["id"].as_u64().unwrap())
         .collect();
     let shards = view["shards"].as_array().unwrap().len() as u32;
-    let targets: Vec<Vec<u64>> = (0..shards)
-        .map(|s| protocol::point::placement(s, &ids, 3))
-        .collect();
-    protocol::point::leaders(&targets)
+    protocol::point::shard_leaders(shards, &ids, 3)
         .into_iter()
         .map(|l| l.unwrap())
         .collect()
