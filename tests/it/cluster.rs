@@ -620,11 +620,12 @@ async fn a_fourth_node_takes_a_share_of_the_shards_and_a_removed_node_is_drained
     assert_eq!(status, 200, "{metrics}");
     assert!(metrics.to_string().contains("events"), "{metrics}");
 
-    // Each original node gave up the copies of the shards the map moved to the fourth: once
-    // idle, they leave memory (kept on disk only).
-    for i in 0..3 {
-        let gave_up = shards - per[&id_of(&nodes[i])];
-        assert!(gave_up > 0, "{view}");
+    // The original nodes gave up the copies of the shards the map moved to the fourth: once
+    // idle, they leave memory (kept on disk only). (Node ids are random, and the map may
+    // leave every shard on one of them: about one cluster in a hundred.)
+    let gave_up: Vec<usize> = (0..3).map(|i| shards - per[&id_of(&nodes[i])]).collect();
+    assert!(gave_up.iter().sum::<usize>() > 0, "{view}");
+    for (i, &gave_up) in gave_up.iter().enumerate() {
         let want_line = format!("pulseboard_shards_asleep {gave_up}\n");
         let mut text = String::new();
         for _ in 0..60 {
