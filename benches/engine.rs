@@ -213,7 +213,7 @@ fn meta_store(config: &Config) -> std::sync::Arc<pulseboard::meta::MetaStore> {
 /// on receipt (`decode_shard_batch`, bincode's own decoders), then read its points in place,
 /// with and without computing each point's series hash.
 fn received_batch(batch: &ShardBatch) {
-    let bytes: std::sync::Arc<[u8]> = protocol::codec::encode(batch).unwrap().into();
+    let bytes = protocol::codec::encode(batch).unwrap();
     let plain: Vec<protocol::DataPoint> = batch.points.iter().map(|p| p.to_point()).collect();
     let plain = protocol::codec::encode(&plain).unwrap().len();
     let rounds = 20_000;
@@ -225,10 +225,10 @@ fn received_batch(batch: &ShardBatch) {
     let encode = t.elapsed().as_secs_f64() * 1e9 / points;
     let t = Instant::now();
     for _ in 0..rounds {
-        std::hint::black_box(protocol::codec::decode_shard_batch(&bytes, 0).unwrap());
+        std::hint::black_box(protocol::codec::decode_shard_batch(&bytes).unwrap());
     }
     let check = t.elapsed().as_secs_f64() * 1e9 / points;
-    let received = protocol::codec::decode_shard_batch(&bytes, 0).unwrap();
+    let received = protocol::codec::decode_shard_batch(&bytes).unwrap();
     let t = Instant::now();
     for _ in 0..rounds {
         for p in received.points.iter() {

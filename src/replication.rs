@@ -419,7 +419,7 @@ impl RaftGroups {
     /// A batch another node forwarded: commit it here if this node leads its shard.
     pub async fn serve_ingest(&self, shard: u32, body: &[u8]) -> Response {
         let body: Arc<[u8]> = body.into();
-        let batch = match protocol::codec::decode_shard_batch(&body, 0) {
+        let batch = match protocol::codec::decode_shard_batch(&body) {
             Ok(b) => b,
             Err(e) => {
                 return Response::Err {

@@ -55,7 +55,10 @@ impl PartialEq for EncodedEntry {
 
 impl crate::codec::EntryBytes for ShardBatch {
     fn decode_payload(entry: &Arc<[u8]>, start: usize) -> Result<Self, crate::codec::CodecError> {
-        crate::codec::decode_shard_batch(entry, start)
+        let bytes = entry.get(start..).ok_or_else(|| {
+            crate::codec::CodecError::Decode(format!("batch starts past its {} bytes", entry.len()))
+        })?;
+        crate::codec::decode_shard_batch(bytes)
     }
 
     fn entry_bytes(&self, log_id_prefix: &[u8]) -> Option<Arc<[u8]>> {

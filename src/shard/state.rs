@@ -815,8 +815,8 @@ mod tests {
         let mut here = ShardState::new(1, Layout::default());
         let mut there = ShardState::new(1, Layout::default());
         for (i, b) in made.iter().enumerate() {
-            let bytes: std::sync::Arc<[u8]> = protocol::codec::encode(b).expect("encode").into();
-            let received = protocol::codec::decode_shard_batch(&bytes, 0).expect("decode");
+            let bytes = protocol::codec::encode(b).expect("encode");
+            let received = protocol::codec::decode_shard_batch(&bytes).expect("decode");
             assert!(matches!(
                 received.points,
                 protocol::batch::Points::Encoded(_)

@@ -133,8 +133,8 @@ mod tests {
             hashes: Default::default(),
             encoded: Default::default(),
         };
-        let bytes: Arc<[u8]> = protocol::codec::encode(&made).expect("encode").into();
-        let received = protocol::codec::decode_shard_batch(&bytes, 0).expect("decode");
+        let bytes = protocol::codec::encode(&made).expect("encode");
+        let received = protocol::codec::decode_shard_batch(&bytes).expect("decode");
         watchers.emit(0, &made);
         watchers.emit(0, &received);
         let got = got.lock().expect("lock");
