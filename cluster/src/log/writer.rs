@@ -398,13 +398,12 @@ impl Writer {
     /// Deletes closed segments (never the active one) whose records are all released. Only a
     /// prefix is deleted, so the remaining segments stay contiguous for every group.
     fn delete_released(&mut self) {
-        let released = &self.released;
-        let covered = |s: &SegmentInfo| self.covered(s);
         let closed = self.segments.len().saturating_sub(1);
         let n = self.segments[..closed]
             .iter()
-            .take_while(|s| covered(s))
+            .take_while(|s| self.covered(s))
             .count();
+        let released = &self.released;
         if n == 0 {
             if let Some(first) = self.segments[..closed].first() {
                 let held: Vec<_> = first
