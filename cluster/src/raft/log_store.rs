@@ -40,6 +40,9 @@ struct Cache<E> {
     /// ones, with the memory each holds (its encoding and its points).
     entries: BTreeMap<u64, (E, usize)>,
     bytes: usize,
+    /// Of `bytes`, what the applied entries hold: kept as entries come, go and are applied
+    /// (summing it on every trim cost a follower of many small entries a tenth of its time).
+    applied_bytes: usize,
     /// Highest index known durable.
     durable: Option<u64>,
     /// Highest index the state machine reported applied (see [`AppliedMark`]).
@@ -51,25 +54,59 @@ struct Cache<E> {
 }
 
 impl<E> Cache<E> {
+    fn is_applied(&self, index: u64) -> bool {
+        self.applied.is_some_and(|a| index <= a)
+    }
+
+    fn insert(&mut self, index: u64, entry: E, size: usize) {
+        let applied = self.is_applied(index);
+        self.bytes += size;
+        self.applied_bytes += if applied { size } else { 0 };
+        if let Some((_, old)) = self.entries.insert(index, (entry, size)) {
+            self.bytes -= old;
+            self.applied_bytes -= if applied { old } else { 0 };
+        }
+    }
+
+    /// Accounts for `removed`, entries taken out of `entries`.
+    fn removed(&mut self, removed: &BTreeMap<u64, (E, usize)>) {
+        for (&index, (_, size)) in removed {
+            self.bytes -= size;
+            if self.is_applied(index) {
+                self.applied_bytes -= size;
+            }
+        }
+    }
+
+    fn set_applied(&mut self, index: u64) {
+        let from = match self.applied {
+            Some(a) if a >= index => return,
+            Some(a) => a + 1,
+            None => 0,
+        };
+        self.applied_bytes += self
+            .entries
+            .range(from..=index)
+            .map(|(_, (_, size))| size)
+            .sum::<usize>();
+        self.applied = Some(index);
+    }
+
     /// Drops the oldest durable entries while the applied ones exceed `APPLIED_CACHE_BYTES`
     /// or all of them `CACHE_BYTES`. An entry not yet durable stays: it exists nowhere else.
     fn trim(&mut self) {
-        let mut applied_bytes: usize = match self.applied {
-            Some(a) => self.entries.range(..=a).map(|(_, (_, size))| size).sum(),
-            None => 0,
-        };
         while let Some((&first, _)) = self.entries.first_key_value() {
             if self.durable.is_none_or(|d| first > d) {
                 break;
             }
-            let applied = self.applied.is_some_and(|a| first <= a);
-            if !(applied && applied_bytes > APPLIED_CACHE_BYTES || self.bytes > CACHE_BYTES) {
+            let applied = self.is_applied(first);
+            if !(applied && self.applied_bytes > APPLIED_CACHE_BYTES || self.bytes > CACHE_BYTES) {
                 break;
             }
             if let Some((_, size)) = self.entries.remove(&first) {
                 self.bytes -= size;
                 if applied {
-                    applied_bytes -= size;
+                    self.applied_bytes -= size;
                 }
             }
         }
@@ -83,7 +120,7 @@ pub struct AppliedMark<E>(Arc<Mutex<Cache<E>>>);
 impl<E> AppliedMark<E> {
     pub fn set(&self, index: u64) {
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        c.applied = Some(c.applied.map_or(index, |a| a.max(index)));
+        c.set_applied(index);
         c.trim();
     }
 }
@@ -126,6 +163,7 @@ where
             cache: Arc::new(Mutex::new(Cache {
                 entries: BTreeMap::new(),
                 bytes: 0,
+                applied_bytes: 0,
                 durable: last,
                 applied: None,
                 last,
@@ -321,10 +359,7 @@ where
                 // What the entry holds in memory: its encoding and, for a batch, its
                 // points (compressed in the encoding, not in memory).
                 let size = payload.len() + entry.held_bytes();
-                c.bytes += size;
-                if let Some((_, old)) = c.entries.insert(index, (entry, size)) {
-                    c.bytes -= old;
-                }
+                c.insert(index, entry, size);
                 ops.push(Op::Entry { index, payload });
                 c.last = Some(index);
                 newest = Some(index);
@@ -359,7 +394,7 @@ where
         {
             let mut c = self.cache();
             let removed = c.entries.split_off(&log_id.index);
-            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
+            c.removed(&removed);
             c.last = log_id.index.checked_sub(1);
             if c.durable.is_some_and(|d| d >= log_id.index) {
                 c.durable = c.last;
@@ -375,7 +410,7 @@ where
             let mut c = self.cache();
             let keep = c.entries.split_off(&(log_id.index + 1));
             let removed = std::mem::replace(&mut c.entries, keep);
-            c.bytes -= removed.values().map(|(_, s)| s).sum::<usize>();
+            c.removed(&removed);
             if c.last.is_none_or(|l| l < log_id.index) {
                 c.last = Some(log_id.index);
                 c.durable = Some(log_id.index);
@@ -400,11 +435,52 @@ mod cache_tests {
         Cache {
             entries: (1..=entries).map(|i| (i, (i, size))).collect(),
             bytes: entries as usize * size,
+            applied_bytes: 0,
             durable: None,
             applied: None,
             last: Some(entries),
             committed: None,
         }
+    }
+
+    /// What `applied_bytes` must be, summed afresh.
+    fn applied_sum(c: &Cache<u64>) -> usize {
+        let upto = c.applied.unwrap_or(0);
+        c.entries.range(..=upto).map(|(_, (_, s))| s).sum()
+    }
+
+    #[test]
+    fn the_applied_entries_bytes_are_kept_right_through_every_change() {
+        let mut c = cache(0, 0);
+        for i in 1..=300u64 {
+            c.insert(i, i, 100 + i as usize);
+            if i % 7 == 0 {
+                c.set_applied(i - 3);
+            }
+            if i % 11 == 0 {
+                c.durable = Some(i - 1);
+                c.trim();
+            }
+            assert_eq!(c.applied_bytes, applied_sum(&c), "after {i}");
+            assert_eq!(
+                c.bytes,
+                c.entries.values().map(|(_, s)| s).sum::<usize>(),
+                "after {i}"
+            );
+        }
+        // Truncation of the unapplied tail, a purge of an applied head, an entry written again.
+        let tail = c.entries.split_off(&290);
+        c.removed(&tail);
+        assert_eq!(c.applied_bytes, applied_sum(&c));
+        let keep = c.entries.split_off(&250);
+        let head = std::mem::replace(&mut c.entries, keep);
+        c.removed(&head);
+        assert_eq!(c.applied_bytes, applied_sum(&c));
+        c.insert(280, 0, 5);
+        c.set_applied(285);
+        c.insert(283, 0, 9);
+        assert_eq!(c.applied_bytes, applied_sum(&c));
+        assert_eq!(c.bytes, c.entries.values().map(|(_, s)| s).sum::<usize>());
     }
 
     #[test]
