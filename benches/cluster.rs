@@ -13,7 +13,7 @@ use common::{free_quic, process_cpu_seconds, start_cluster_node, PASSWORD};
 use pulseboard::load::{drive, LoadArgs, Summary, Wire};
 use pulseboard::remote::Remote;
 
-fn args(url: &str, points: u64, connections: u64) -> LoadArgs {
+fn args(url: &str, points: u64, connections: u64, batch: u64) -> LoadArgs {
     LoadArgs {
         remote: Remote {
             url: url.to_owned(),
@@ -23,7 +23,7 @@ fn args(url: &str, points: u64, connections: u64) -> LoadArgs {
         },
         protocol: Wire::Line,
         points,
-        batch: 10_000,
+        batch,
         series: 10_000,
         connections,
         metric: "bench".into(),
@@ -42,6 +42,36 @@ fn report(label: &str, s: &Summary) {
 
 /// Rounds of single node against cluster; the figures are medians.
 const ROUNDS: usize = 5;
+
+/// The loads each round drives through one node: a few connections sending large requests
+/// (a collector, a bulk loader), and many sending small ones (a fleet of agents), whose
+/// requests reach each shard while its entry before is being written and share the next.
+const LOADS: [(&str, u64, u64); 2] = [
+    ("4 connections x 10 000 points a request", 4, 10_000),
+    ("32 connections x 1 000 points a request", 32, 1_000),
+];
+
+/// Log entries the nodes wrote to the shards they lead, and the requests' shares of a shard
+/// those carried, summed over `nodes` (from /metrics).
+async fn written(nodes: &[&common::ClusterNode]) -> (f64, f64) {
+    let mut sum = (0.0, 0.0);
+    for n in nodes {
+        let text = reqwest::get(format!("{}/metrics", n.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let counter = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        sum.0 += counter("pulseboard_shard_entries_total ");
+        sum.1 += counter("pulseboard_shard_entry_batches_total ");
+    }
+    sum
+}
 
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -66,22 +96,33 @@ fn main() {
             .map(|n| process_cpu_seconds(n.child.id()))
             .collect()
     };
-    // One measured load through `entry`: its summary and the CPU seconds each of `watched`
-    // spent on it.
-    let run = |entry: &str, watched: &[&common::ClusterNode]| {
+    // One measured load through `entry`: its summary, the CPU seconds each of `watched` spent
+    // on it, and the requests' shares of a shard per log entry the nodes wrote.
+    let run = |entry: &str, watched: &[&common::ClusterNode], connections, batch| {
         let c0 = cpu_of(watched);
-        let s = rt.block_on(drive(&args(entry, points, 4))).unwrap();
+        let w0 = rt.block_on(written(watched));
+        let s = rt
+            .block_on(drive(&args(entry, points, connections, batch)))
+            .unwrap();
         let cpu: Vec<f64> = cpu_of(watched)
             .iter()
             .zip(&c0)
             .map(|(a, b)| a - b)
             .collect();
-        (s, cpu)
+        let w1 = rt.block_on(written(watched));
+        let per_entry = (w1.1 - w0.1) / (w1.0 - w0.0).max(1.0);
+        (s, cpu, per_entry)
     };
     rt.block_on(async {
-        drive(&args(&single.base, 100_000, 4)).await.unwrap();
-        drive(&args(&nodes[0].base, 100_000, 4)).await.unwrap();
-        drive(&args(&pinned[0].base, 100_000, 4)).await.unwrap();
+        drive(&args(&single.base, 100_000, 4, 10_000))
+            .await
+            .unwrap();
+        drive(&args(&nodes[0].base, 100_000, 4, 10_000))
+            .await
+            .unwrap();
+        drive(&args(&pinned[0].base, 100_000, 4, 10_000))
+            .await
+            .unwrap();
     });
     let us = |cpu: f64| cpu / points as f64 * 1e6;
     let median = |v: &mut Vec<f64>| {
@@ -95,58 +136,68 @@ fn main() {
             pinned.iter().collect::<Vec<_>>(),
         ),
     ];
-    let mut ones = Vec::new();
-    // Per arrangement: throughput, its ratio to the round's single node, CPU ratio.
-    let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); arrangements.len()];
-    for round in 1..=ROUNDS {
-        let (one, single_cpu) = run(&single.base, &[&single]);
-        report(&format!("round {round}: 1 node"), &one);
-        ones.push(one.points_per_second);
-        for ((name, cluster), (vias, ratios, cpu_ratios)) in arrangements.iter().zip(&mut results) {
-            let (via_one, cluster_cpu) = run(&cluster[0].base, cluster);
-            report(
-                &format!("round {round}: 3 nodes, RF 3, {name}, all load to one node"),
-                &via_one,
-            );
-            // CPU time per point is what the three nodes add up to on shared cores.
-            let total: f64 = cluster_cpu.iter().sum();
+    let mut one_medians = Vec::new();
+    for (load, connections, batch) in LOADS {
+        println!("load: {load}");
+        let mut ones = Vec::new();
+        // Per arrangement: throughput, its ratio to the round's single node, CPU ratio.
+        let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); arrangements.len()];
+        for round in 1..=ROUNDS {
+            let (one, single_cpu, per_entry) = run(&single.base, &[&single], connections, batch);
+            report(&format!("round {round}: 1 node"), &one);
+            println!("round {round}: 1 node: {per_entry:.1} requests' shares per log entry");
+            ones.push(one.points_per_second);
+            for ((name, cluster), (vias, ratios, cpu_ratios)) in
+                arrangements.iter().zip(&mut results)
+            {
+                let (via_one, cluster_cpu, per_entry) =
+                    run(&cluster[0].base, cluster, connections, batch);
+                report(
+                    &format!("round {round}: 3 nodes, RF 3, {name}, all load to one node"),
+                    &via_one,
+                );
+                // CPU time per point is what the three nodes add up to on shared cores.
+                let total: f64 = cluster_cpu.iter().sum();
+                println!(
+                    "round {round}: CPU per point: 1 node {:.2} us; 3 nodes, {name}: {:.2} us (entry node {:.2}, others {:.2} and {:.2}): {:.2}x; {per_entry:.1} requests' shares per log entry",
+                    us(single_cpu[0]),
+                    us(total),
+                    us(cluster_cpu[0]),
+                    us(cluster_cpu[1]),
+                    us(cluster_cpu[2]),
+                    total / single_cpu[0]
+                );
+                vias.push(via_one.points_per_second);
+                ratios.push(via_one.points_per_second / one.points_per_second);
+                cpu_ratios.push(total / single_cpu[0]);
+            }
+        }
+        let one_median = median(&mut ones);
+        one_medians.push(one_median);
+        println!("{load}: median of {ROUNDS} rounds: 1 node {one_median:.0} points/s");
+        for ((name, _), (vias, ratios, cpu_ratios)) in arrangements.iter().zip(&mut results) {
             println!(
-                "round {round}: CPU per point: 1 node {:.2} us; 3 nodes, {name}: {:.2} us (entry node {:.2}, others {:.2} and {:.2}): {:.2}x",
-                us(single_cpu[0]),
-                us(total),
-                us(cluster_cpu[0]),
-                us(cluster_cpu[1]),
-                us(cluster_cpu[2]),
-                total / single_cpu[0]
+                "{load}: median of {ROUNDS} rounds: 3 nodes RF 3, {name}, via one node {:.0} points/s; ratio {:.2} (rounds: {}); cluster CPU per point {:.2}x the single node's",
+                median(vias),
+                median(&mut ratios.clone()),
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                median(cpu_ratios)
             );
-            vias.push(via_one.points_per_second);
-            ratios.push(via_one.points_per_second / one.points_per_second);
-            cpu_ratios.push(total / single_cpu[0]);
         }
     }
     drop(single);
-    let one_median = median(&mut ones);
-    println!("median of {ROUNDS} rounds: 1 node {one_median:.0} points/s");
-    for ((name, _), (vias, ratios, cpu_ratios)) in arrangements.iter().zip(&mut results) {
-        println!(
-            "median of {ROUNDS} rounds: 3 nodes RF 3, {name}, via one node {:.0} points/s; ratio {:.2} (rounds: {}); cluster CPU per point {:.2}x the single node's",
-            median(vias),
-            median(&mut ratios.clone()),
-            ratios
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            median(cpu_ratios)
-        );
-    }
+    let one_median = one_medians[0];
     drop(arrangements);
     drop(pinned);
     let spread = rt.block_on(async {
         let runs = nodes.iter().enumerate().map(|(i, n)| {
             let a = LoadArgs {
                 metric: format!("spread{i}"),
-                ..args(&n.base, points / 3, 2)
+                ..args(&n.base, points / 3, 2, 10_000)
             };
             async move { drive(&a).await.unwrap() }
         });

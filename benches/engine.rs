@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::{DataPoint, ShardBatch};
+use protocol::{DataPoint, ShardBatch, ShardEntry};
 use pulseboard::config::Config;
 use pulseboard::engine::Engine;
 use pulseboard::membership::Membership;
@@ -70,18 +70,20 @@ fn main() {
         batches[protocol::point::shard_for(h, shards) as usize].push(p);
     }
     // Batches of ~10 000 points per request, split by shard, built before timing.
-    let mut prepared: Vec<(usize, Vec<ShardBatch>)> = Vec::new();
+    let mut prepared: Vec<(usize, Vec<ShardEntry>)> = Vec::new();
     for (s, pts) in batches.into_iter().enumerate() {
         let per = 10_000 / shards as usize + 1;
         let list = pts
             .chunks(per)
-            .map(|c| ShardBatch {
-                shard: s as u32,
-                received_ms: now,
-                points: c.to_vec().into(),
-                batch_id: None,
-                hashes: Default::default(),
-                encoded: Default::default(),
+            .map(|c| {
+                ShardEntry::from(ShardBatch {
+                    shard: s as u32,
+                    received_ms: now,
+                    points: c.to_vec().into(),
+                    batch_id: None,
+                    hashes: Default::default(),
+                    encoded: Default::default(),
+                })
             })
             .collect();
         prepared.push((s, list));
@@ -102,7 +104,7 @@ fn main() {
         "state machine apply: {total} points, {series} series: {:.0} points/s (one thread)",
         total as f64 / secs
     );
-    received_batch(&prepared[0].1[0]);
+    received_batch(&prepared[0].1[0].parts[0]);
     let (mut raw_points, mut raw_bytes, mut cells, mut cell_bytes) = (0, 0, 0, 0);
     for s in &mut states {
         let st = s.stats();

@@ -627,6 +627,11 @@ impl Engine {
         self.groups.handovers()
     }
 
+    /// Entries this node wrote to the shards it leads, and the batches they carried.
+    pub fn entries_written(&self) -> (u64, u64) {
+        self.groups.entries_written()
+    }
+
     pub fn log_stats(&self) -> cluster::LogStats {
         self.log.stats()
     }

@@ -30,6 +30,7 @@ use crate::shard::group::ShardRaft;
 use crate::shard::{ShardMsg, ShardRef};
 
 mod fragments;
+mod proposals;
 mod watches;
 pub(crate) use fragments::unwrap_call;
 pub use fragments::{Answer, Ask};
@@ -67,7 +68,9 @@ pub struct RaftGroups {
     /// Per shard: proposals here hold it shared; a leader handing the shard's leadership to
     /// another node holds it alone, so nothing is proposed while the other catches up and
     /// takes over ([`RaftGroups::hand_over`]).
-    gates: Vec<tokio::sync::RwLock<()>>,
+    gates: Vec<Arc<tokio::sync::RwLock<()>>>,
+    /// Per shard: the batches proposed here while this node leads it, gathered into entries.
+    queues: Vec<Arc<proposals::Queue>>,
     /// Per shard: membership changes under way here; a shard being changed is not handed over.
     changing: Vec<std::sync::atomic::AtomicU32>,
     /// Whether this node hands the shards it leads to the leaders the shard map names.
@@ -115,7 +118,12 @@ impl RaftGroups {
             .map(|(shard, raft)| (shard as u32, Arc::new(raft.clone()) as Arc<dyn GroupRpc>))
             .collect();
         groups.push((META_GROUP, Arc::new(meta.raft().clone())));
-        let gates = rafts.iter().map(|_| tokio::sync::RwLock::new(())).collect();
+        let gates: Vec<_> = rafts.iter().map(|_| Arc::default()).collect();
+        let queues = rafts
+            .iter()
+            .zip(&gates)
+            .map(|(raft, gate)| proposals::Queue::new(raft.clone(), Arc::clone(gate)))
+            .collect();
         let changing = rafts.iter().map(|_| Default::default()).collect();
         Self {
             rafts,
@@ -135,6 +143,7 @@ impl RaftGroups {
             directory: RwLock::new(Arc::new(HashMap::new())),
             known: RwLock::new(HashMap::new()),
             gates,
+            queues,
             changing,
             balance_leaders,
             handovers: Default::default(),
@@ -284,6 +293,14 @@ impl RaftGroups {
         )
     }
 
+    /// Entries this node wrote to the shards it leads, and the batches they carried.
+    pub fn entries_written(&self) -> (u64, u64) {
+        self.queues
+            .iter()
+            .map(|q| q.written())
+            .fold((0, 0), |(e, b), (qe, qb)| (e + qe, b + qb))
+    }
+
     /// Heartbeats and votes sent to peers batched, and the frames that carried them.
     pub fn batched(&self) -> (u64, u64) {
         self.transport.batched()
@@ -327,11 +344,8 @@ impl RaftGroups {
                             "shard {shard}: this node leads it but has not heard from a majority of its replicas for {silent} ms (cut off?); retry on another node"
                         )));
                     }
-                    // Held until the write is committed: a hand-over of the shard's leadership
-                    // waits for writes in flight, and writes wait for it.
-                    let _gate = self.gate(shard).await;
                     // Cloning a batch shares its points.
-                    let write = raft.client_write(batch.clone());
+                    let write = self.write(shard, batch.clone());
                     // A leader cut off from its peers cannot commit; it finds out only when
                     // the partition heals. The client hears of it well before then.
                     let Ok(written) = tokio::time::timeout(LEADER_WAIT, write).await else {
@@ -436,14 +450,13 @@ impl RaftGroups {
         }
         // The bytes decoded are the batch's encoding: its log entry is built from them.
         batch.keep_batch_bytes(body);
-        let Ok(raft) = self.raft(shard) else {
+        if self.raft(shard).is_err() {
             return Response::Err {
                 message: format!("no shard {shard}"),
                 retry: false,
             };
-        };
-        let _gate = self.gate(shard).await;
-        match raft.client_write(batch).await {
+        }
+        match self.write(shard, batch).await {
             Ok(_) => Response::Ok(Vec::new()),
             Err(e) => Response::Err {
                 message: write_error(shard, e).to_string(),
@@ -607,12 +620,15 @@ impl RaftGroups {
         let group = self.group(shard).map_err(|e| e.to_string())?;
         // Not while the shard's leadership is being handed over (waits for it to end), and no
         // hand-over while the change runs.
-        let _changing = match self.changing.get(shard as usize) {
-            Some(count) => {
-                let _gate = self.gate(shard).await;
+        let _changing = match (
+            self.changing.get(shard as usize),
+            self.gates.get(shard as usize),
+        ) {
+            (Some(count), Some(gate)) => {
+                let _gate = gate.read().await;
                 Some(Changing::new(count))
             }
-            None => None,
+            _ => None,
         };
         if leader_of(group).map(|(l, _)| l) != Some(self.node_id) {
             return Err("this node no longer leads the group".into());
@@ -1023,9 +1039,14 @@ impl RaftGroups {
             .is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire) > 0)
     }
 
-    /// Shares the shard's gate (a proposal); waits while a hand-over holds it.
-    async fn gate(&self, shard: u32) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
-        Some(self.gates.get(shard as usize)?.read().await)
+    /// Writes `batch` in its shard's group, which this node leads, with the batches proposed
+    /// beside it (see `proposals`). Each entry is written under the shard's gate: a hand-over
+    /// of the shard's leadership waits for the entry in flight, and entries wait for it.
+    async fn write(&self, shard: u32, batch: ShardBatch) -> std::result::Result<(), WriteError> {
+        match self.queues.get(shard as usize) {
+            Some(queue) => queue.write(batch).await,
+            None => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+        }
     }
 
     /// Hands over, a few at a time, the shards this node leads and the shard map says another

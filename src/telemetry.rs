@@ -297,6 +297,13 @@ impl Telemetry {
         let _ = writeln!(w, "pulseboard_raft_batched_rpcs_total {batched}");
         let _ = writeln!(w, "# TYPE pulseboard_raft_batch_frames_total counter");
         let _ = writeln!(w, "pulseboard_raft_batch_frames_total {frames}");
+        let (entries, batches) = engine.entries_written();
+        let _ = writeln!(w, "# HELP pulseboard_shard_entries_total Entries this node wrote to the logs of the shards it leads.");
+        let _ = writeln!(w, "# TYPE pulseboard_shard_entries_total counter");
+        let _ = writeln!(w, "pulseboard_shard_entries_total {entries}");
+        let _ = writeln!(w, "# HELP pulseboard_shard_entry_batches_total Requests' shares of a shard those entries carried (several proposed while the entry before was committed go as one).");
+        let _ = writeln!(w, "# TYPE pulseboard_shard_entry_batches_total counter");
+        let _ = writeln!(w, "pulseboard_shard_entry_batches_total {batches}");
         let (done, failed) = engine.leader_handovers();
         let _ = writeln!(w, "# HELP pulseboard_leader_handovers_total Shard leaderships this node handed to the node the shard map names (leader balancing), by outcome.");
         let _ = writeln!(w, "# TYPE pulseboard_leader_handovers_total counter");

@@ -41,9 +41,10 @@ use std::time::Duration;
 pub use recovery::{RecoveryReport, Truncation};
 
 /// First bytes of every segment file.
-/// 003: a batch's points compressed (`protocol::codec::compress_points`); 002 (record kinds
-/// and Raft indices) and 001 (the log before Raft) are refused by name.
-pub const MAGIC: &[u8; 8] = b"PBWAL003";
+/// 004: a shard's entry holds the batches proposed together (`protocol::ShardEntry`); 003 (a
+/// batch's points compressed, one batch an entry), 002 (record kinds and Raft indices) and
+/// 001 (the log before Raft) are refused by name.
+pub const MAGIC: &[u8; 8] = b"PBWAL004";
 /// Bytes of a record's frame before the payload.
 pub const RECORD_HEADER: usize = 4 + 4 + 4 + 8;
 /// The largest payload accepted; also what recovery believes before allocating.

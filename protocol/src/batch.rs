@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DataPoint, Dimensions, Name};
 
-/// One shard's share of one ingest request: one entry of the shard's Raft log, applied by the
-/// shard's state machine. `received_ms` is the ingesting node's arrival stamp, carried so that
+/// One shard's share of one ingest request, applied by the shard's state machine as part of
+/// a [`ShardEntry`]. `received_ms` is the ingesting node's arrival stamp, carried so that
 /// apply() reads no clock. The points are shared, so cloning a batch (the log store keeps
 /// recent entries for the state machine and replication to read back) copies no point.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,70 +26,113 @@ pub struct ShardBatch {
     pub hashes: SeriesHashes,
     /// The batch's own encoding, kept where the batch is made (the ingesting node encodes it
     /// right after splitting a request, while its points are still in the CPU's cache, and
-    /// forwards those bytes to the shard's leader, which keeps what it received); then the
-    /// encoding of the Raft log entry that carries it, built from those bytes by the leader's
-    /// log store (or received by a follower): replication to every follower and each log
-    /// reuse it instead of encoding the points again. Not encoded; shared by clones.
+    /// forwards those bytes to the shard's leader, which keeps what it received): the log
+    /// entry that carries the batch is built from them instead of encoding the points again.
+    /// Not encoded; shared by clones.
     #[serde(skip)]
-    pub encoded: EncodedEntry,
+    pub encoded: KeptBytes,
 }
 
-/// See [`ShardBatch::encoded`]. Not part of a batch's value: two batches compare equal
-/// whatever their caches hold.
+/// One entry of a shard's Raft log: the batches its leader was given while the entry before
+/// was being committed, in the order they came. Under load many requests touch a shard at
+/// once; writing their shares as one entry (one append, one message to each follower, one
+/// apply) instead of one entry each is what keeps a replicated shard's cost per request from
+/// being paid three times over (see `RaftGroups::write`). Encoded as the list of its batches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub parts: Vec<ShardBatch>,
+    /// The encoding of the Raft log entry that carries this one, built by the leader's log
+    /// store from its batches' kept encodings (or received by a follower): replication to
+    /// every follower and each log reuse it instead of encoding the points again. Not
+    /// encoded; shared by clones.
+    #[serde(skip)]
+    pub encoded: KeptBytes,
+}
+
+impl ShardEntry {
+    pub fn new(parts: Vec<ShardBatch>) -> Self {
+        Self {
+            parts,
+            encoded: Default::default(),
+        }
+    }
+
+    /// Points in all the entry's batches.
+    pub fn points(&self) -> usize {
+        self.parts.iter().map(|b| b.points.len()).sum()
+    }
+}
+
+impl From<ShardBatch> for ShardEntry {
+    fn from(batch: ShardBatch) -> Self {
+        Self::new(vec![batch])
+    }
+}
+
+/// Bytes kept beside a value as a cache of its encoding (see [`ShardBatch::encoded`] and
+/// [`ShardEntry::encoded`]). Not part of the value: two values compare equal whatever their
+/// caches hold.
 #[derive(Clone, Debug, Default)]
-pub struct EncodedEntry(Arc<Mutex<Option<Kept>>>);
+pub struct KeptBytes(Arc<Mutex<Option<Arc<[u8]>>>>);
 
-#[derive(Clone, Debug)]
-enum Kept {
-    /// The batch's encoding ([`crate::codec::encode`] of the batch).
-    Batch(Arc<[u8]>),
-    /// The encoding of the log entry carrying the batch.
-    Entry(Arc<[u8]>),
+impl KeptBytes {
+    pub(crate) fn get(&self) -> Option<Arc<[u8]>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, bytes: Arc<[u8]>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+    }
 }
 
-impl PartialEq for EncodedEntry {
+impl PartialEq for KeptBytes {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl crate::codec::EntryBytes for ShardBatch {
+impl crate::codec::EntryBytes for ShardEntry {
     fn decode_payload(entry: &Arc<[u8]>, start: usize) -> Result<Self, crate::codec::CodecError> {
         let bytes = entry.get(start..).ok_or_else(|| {
-            crate::codec::CodecError::Decode(format!("batch starts past its {} bytes", entry.len()))
+            crate::codec::CodecError::Decode(format!("entry starts past its {} bytes", entry.len()))
         })?;
-        crate::codec::decode_shard_batch(bytes)
+        crate::codec::decode_shard_entry(bytes)
     }
 
     fn entry_bytes(&self, log_id_prefix: &[u8]) -> Option<Arc<[u8]>> {
-        match &*self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(Kept::Entry(b)) if b.starts_with(log_id_prefix) => Some(b.clone()),
-            _ => None,
-        }
+        self.encoded.get().filter(|b| b.starts_with(log_id_prefix))
     }
 
     fn keep_entry_bytes(&self, bytes: Arc<[u8]>) {
-        *self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept::Entry(bytes));
+        self.encoded.set(bytes);
     }
 
+    /// The list's length as serde writes it, then each batch's kept encoding.
     fn payload_bytes(&self) -> Option<Arc<[u8]>> {
-        match &*self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(Kept::Batch(b)) => Some(b.clone()),
-            _ => None,
+        let parts: Option<Vec<Arc<[u8]>>> = self.parts.iter().map(|b| b.encoded.get()).collect();
+        let parts = parts?;
+        let mut out = crate::codec::encode(&(parts.len() as u64)).ok()?;
+        out.reserve(parts.iter().map(|p| p.len()).sum());
+        for p in &parts {
+            out.extend_from_slice(p);
         }
+        Some(out.into())
     }
 
     fn held_bytes(&self) -> usize {
-        match &self.points {
-            Points::Encoded(e) => e.bytes.len(),
-            Points::Decoded(v) => v
-                .iter()
-                .map(|p| {
-                    std::mem::size_of::<DataPoint>()
-                        + p.dimensions.capacity() * std::mem::size_of::<(Name, Name)>()
-                })
-                .sum(),
-        }
+        self.parts
+            .iter()
+            .map(|b| match &b.points {
+                Points::Encoded(e) => e.bytes.len(),
+                Points::Decoded(v) => v
+                    .iter()
+                    .map(|p| {
+                        std::mem::size_of::<DataPoint>()
+                            + p.dimensions.capacity() * std::mem::size_of::<(Name, Name)>()
+                    })
+                    .sum(),
+            })
+            .sum()
     }
 }
 
@@ -109,19 +152,19 @@ impl ShardBatch {
     /// the log entry that carries the batch is then built from them (see
     /// [`ShardBatch::encoded`]).
     pub fn keep_batch_bytes(&self, bytes: Arc<[u8]>) {
-        *self.encoded.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept::Batch(bytes));
+        self.encoded.set(bytes);
     }
 
     /// The batch's encoding: kept, or encoded now (and kept).
     pub fn batch_bytes(&self) -> Result<Arc<[u8]>, crate::codec::CodecError> {
-        use crate::codec::EntryBytes;
-        if let Some(b) = self.payload_bytes() {
+        if let Some(b) = self.encoded.get() {
             return Ok(b);
         }
         let b: Arc<[u8]> = crate::codec::encode(self)?.into();
         self.keep_batch_bytes(b.clone());
         Ok(b)
     }
+
     /// The series hash of point `p`, the batch's `i`-th: from the cache, else computed.
     pub fn series_hash(&self, i: usize, p: &PointRef<'_>) -> u64 {
         match self.hashes.0.get(i) {

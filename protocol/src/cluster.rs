@@ -19,7 +19,8 @@ pub const ALPN: &[u8] = b"pulseboard-cluster/1";
 /// The version a caller speaks; a callee refuses any other with [`Welcome::Refused`].
 /// 2: `Channel::RaftAppend` carries each entry as its own length-prefixed encoding;
 /// `Channel::Query` and `Channel::Watch` serve other nodes' reads.
-pub const VERSION: u16 = 2;
+/// 3: a shard's log entry is a `ShardEntry` (the batches proposed together), not one batch.
+pub const VERSION: u16 = 3;
 /// The label of the TLS keying-material export the handshake proofs cover.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-pulseboard-cluster-auth";
 /// The largest frame a node reads (a Raft snapshot chunk or an ingest batch fits easily).

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::batch::{Dims, EncodedPoints, PointRef, Points};
-use crate::{DataPoint, Name, ShardBatch};
+use crate::{DataPoint, Name, ShardBatch, ShardEntry};
 
 /// The most a single decoded value may allocate.
 pub const DECODE_LIMIT: usize = 256 << 20;
@@ -123,17 +123,47 @@ impl EntryBytes for u64 {}
 /// of its time.
 pub fn decode_shard_batch(bytes: &[u8]) -> Result<ShardBatch, CodecError> {
     let mut d = decoder(bytes);
-    // Field by field in the order `ShardBatch` and serde's `Option` write them (the
-    // round-trip and damaged-bytes tests below hold this to serde's decoder).
-    let shard = u32::decode(&mut d).map_err(decode_error)?;
-    let received_ms = i64::decode(&mut d).map_err(decode_error)?;
-    let compressed: &[u8] = BorrowDecode::borrow_decode(&mut d).map_err(decode_error)?;
-    let points = decompress_points(compressed)?;
-    let batch_id = Option::<String>::decode(&mut d).map_err(decode_error)?;
+    let batch = read_shard_batch(&mut d)?;
     let used = d.borrow_reader().pos;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
+    Ok(batch)
+}
+
+/// Decodes the [`ShardEntry`] encoded in `bytes` as [`decode`] would, each of its batches as
+/// [`decode_shard_batch`] does.
+pub fn decode_shard_entry(bytes: &[u8]) -> Result<ShardEntry, CodecError> {
+    let mut d = decoder(bytes);
+    // Serde writes a list as its length, then its items.
+    let n = u64::decode(&mut d).map_err(decode_error)?;
+    // Every batch takes at least a byte: a length beyond the bytes left is damage, found
+    // before allocating for it.
+    let left = (bytes.len() - d.borrow_reader().pos) as u64;
+    if n > left {
+        return Err(CodecError::Decode(format!(
+            "an entry of {n} batches in {left} bytes"
+        )));
+    }
+    let mut parts = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        parts.push(read_shard_batch(&mut d)?);
+    }
+    let used = d.borrow_reader().pos;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(ShardEntry::new(parts))
+}
+
+fn read_shard_batch(d: &mut SliceDecoder<'_>) -> Result<ShardBatch, CodecError> {
+    // Field by field in the order `ShardBatch` and serde's `Option` write them (the
+    // round-trip and damaged-bytes tests below hold this to serde's decoder).
+    let shard = u32::decode(d).map_err(decode_error)?;
+    let received_ms = i64::decode(d).map_err(decode_error)?;
+    let compressed: &[u8] = BorrowDecode::borrow_decode(d).map_err(decode_error)?;
+    let points = decompress_points(compressed)?;
+    let batch_id = Option::<String>::decode(d).map_err(decode_error)?;
     Ok(ShardBatch {
         shard,
         received_ms,
@@ -468,11 +498,14 @@ mod tests {
             let bytes = encode(&b).unwrap();
             let back: ShardBatch = decode(&bytes).unwrap();
             prop_assert_eq!(&back, &b);
-            // Behind a prefix (as in a log entry), read back point by point, and encoded
-            // again to the same bytes.
+            // Alone in a log entry's payload, behind a prefix (the entry's log id), read back
+            // point by point, and encoded again to the same bytes.
+            let payload = encode(&ShardEntry::from(b.clone())).unwrap();
             let mut entry = vec![9u8; 5];
-            entry.extend_from_slice(&bytes);
-            let fast = ShardBatch::decode_payload(&entry.into(), 5).unwrap();
+            entry.extend_from_slice(&payload);
+            let mut back = ShardEntry::decode_payload(&entry.into(), 5).unwrap();
+            prop_assert_eq!(back.parts.len(), 1);
+            let fast = back.parts.pop().unwrap();
             prop_assert!(matches!(fast.points, Points::Encoded(_)));
             prop_assert_eq!(fast.points.len(), b.points.len());
             let owned: Vec<DataPoint> = fast.points.iter().map(|p| p.to_point()).collect();
@@ -493,6 +526,45 @@ mod tests {
             }
             prop_assert_eq!(encode(&fast).unwrap(), bytes);
             prop_assert_eq!(fast, b);
+        }
+
+        #[test]
+        fn shard_entries_round_trip_and_are_built_from_their_batches_bytes(
+            parts in proptest::collection::vec(batch_strategy(), 0..4),
+        ) {
+            let entry = ShardEntry::new(parts.clone());
+            let bytes = encode(&entry).unwrap();
+            prop_assert_eq!(decode::<ShardEntry>(&bytes).unwrap(), entry.clone());
+            prop_assert_eq!(decode_shard_entry(&bytes).unwrap(), entry.clone());
+            // Every batch's encoding kept (as where a request is split, or a forward
+            // received): the entry's payload is those bytes, without encoding them again.
+            prop_assert!(parts.iter().all(|b| b.encoded.get().is_none()));
+            let kept: Vec<Arc<[u8]>> = parts.iter().map(|b| b.batch_bytes().unwrap()).collect();
+            let built = entry.payload_bytes().unwrap();
+            prop_assert_eq!(&*built, bytes.as_slice());
+            for (b, k) in parts.iter().zip(&kept) {
+                prop_assert!(Arc::ptr_eq(&b.encoded.get().unwrap(), k));
+            }
+        }
+
+        #[test]
+        fn both_entry_decoders_agree_on_damaged_bytes(
+            parts in proptest::collection::vec(batch_strategy(), 0..4),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+            flip in any::<prop::sample::Index>(),
+            bits in 1u8..,
+        ) {
+            let mut bytes = encode(&ShardEntry::new(parts)).unwrap();
+            let at = flip.index(bytes.len());
+            bytes[at] ^= bits;
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            match (decode::<ShardEntry>(&bytes), decode_shard_entry(&bytes)) {
+                (Ok(a), Ok(f)) => prop_assert_eq!(a, f),
+                (Err(_), Err(_)) => {}
+                (a, f) => prop_assert!(false, "serde {a:?}, fast {f:?}"),
+            }
         }
 
         #[test]
@@ -608,7 +680,13 @@ mod tests {
         evil.push(0xFD);
         evil.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(decode_shard_batch(&evil).is_err());
-        assert!(ShardBatch::decode_payload(&Arc::from(vec![0u8; 3]), 4).is_err());
+        assert!(ShardEntry::decode_payload(&Arc::from(vec![0u8; 3]), 4).is_err());
+        // An entry claiming 2^60 batches: refused before allocating.
+        let mut evil = vec![0xFDu8];
+        evil.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let err = decode_shard_entry(&evil).unwrap_err().to_string();
+        assert!(err.contains("batches in"), "{err}");
+        assert!(decode::<ShardEntry>(&evil).is_err());
         // Compressed points claiming to decompress past the limit: refused before allocating.
         let mut evil = encode(&(7u32, 0i64)).unwrap();
         evil.extend_from_slice(&serde_bytes_of(&[0x80, 0x80, 0x80, 0x80, 0x08]));
@@ -654,8 +732,8 @@ mod tests {
             sent.len()
         );
         // What a log store counts as held in memory: the points, not their compressed form.
-        assert!(batch.held_bytes() > raw);
+        assert!(ShardEntry::from(batch).held_bytes() > raw);
         let received = decode_shard_batch(&sent).unwrap();
-        assert_eq!(received.held_bytes(), raw);
+        assert_eq!(ShardEntry::from(received).held_bytes(), raw);
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::ShardBatch;
+use protocol::ShardEntry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 use tracing::info;
@@ -23,11 +23,11 @@ use super::watch::{Watch, Watchers};
 pub type ShardRef = ActorRef<ShardMsg>;
 
 pub enum ShardMsg {
-    /// Committed Raft entries, in log order: a batch, or `None` for an entry without points
+    /// Committed Raft entries, in log order: batches, or `None` for an entry without points
     /// (blank, membership). `raft_meta` is the group's bookkeeping after the last of them.
     /// `done` fires once they are applied (read-your-writes).
     ApplyEntries {
-        entries: Vec<(u64, Option<ShardBatch>)>,
+        entries: Vec<(u64, Option<ShardEntry>)>,
         raft_meta: Vec<u8>,
         done: oneshot::Sender<()>,
     },
@@ -134,13 +134,13 @@ impl Actor for Shard {
             } => {
                 st.awake()?;
                 let state = &mut st.state;
-                for (index, batch) in entries {
-                    match batch {
-                        Some(batch) => {
-                            if state.apply(index, &batch) {
-                                // Before the acknowledgement: a live dashboard hears of the
-                                // point no later than the client that wrote it.
-                                st.watchers.emit(state.shard(), &batch);
+                for (index, entry) in entries {
+                    match entry {
+                        Some(entry) => {
+                            // Before the acknowledgement: a live dashboard hears of the point
+                            // no later than the client that wrote it.
+                            for batch in state.apply(index, &entry) {
+                                st.watchers.emit(state.shard(), batch);
                             }
                         }
                         None => state.advance(index),
@@ -281,7 +281,7 @@ async fn hibernate(st: &mut ShardActorState) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::shard::state::Layout;
-    use protocol::DataPoint;
+    use protocol::{DataPoint, ShardBatch};
 
     fn batch(shard: u32, host: &str, ts: i64) -> ShardBatch {
         ShardBatch {
@@ -304,7 +304,7 @@ mod tests {
         let (done, wait) = oneshot::channel();
         actor
             .cast(ShardMsg::ApplyEntries {
-                entries: vec![(index, Some(b))],
+                entries: vec![(index, Some(b.into()))],
                 raft_meta: format!("meta-{index}").into_bytes(),
                 done,
             })

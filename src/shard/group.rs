@@ -15,7 +15,7 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StoredMembership,
 };
-use protocol::ShardBatch;
+use protocol::ShardEntry;
 use tokio::sync::oneshot;
 
 use super::actor::{ShardMsg, ShardRef};
@@ -24,7 +24,7 @@ use super::snapshot;
 openraft::declare_raft_types!(
     /// The type configuration of every shard group.
     pub ShardRaft:
-        D = ShardBatch,
+        D = ShardEntry,
         R = (),
         Node = Member,
 );

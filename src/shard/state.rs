@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use protocol::batch::{Dims, PointRef};
-use protocol::{Dimensions, ShardBatch};
+use protocol::{Dimensions, ShardBatch, ShardEntry};
 use serde::{Deserialize, Serialize};
 
 use super::cell::Cell;
@@ -237,20 +237,30 @@ impl ShardState {
         self.raft_meta = raft_meta;
     }
 
-    /// Applies a committed batch at log `index`. Indices at or below the applied one are
-    /// ignored, so replaying a log that overlaps the snapshot is harmless; a batch whose
-    /// idempotency key this shard already applied is skipped (a client's retry after a
-    /// failover), so its points count once. Returns whether the points were applied.
-    pub fn apply(&mut self, index: u64, batch: &ShardBatch) -> bool {
+    /// Applies a committed entry at log `index`, its batches in order. Indices at or below
+    /// the applied one are ignored, so replaying a log that overlaps the snapshot is
+    /// harmless; a batch whose idempotency key this shard already applied is skipped (a
+    /// client's retry after a failover, even in the same entry), so its points count once.
+    /// Returns the batches whose points were applied.
+    pub fn apply<'e>(&mut self, index: u64, entry: &'e ShardEntry) -> Vec<&'e ShardBatch> {
         if index <= self.applied_index {
-            return false;
+            return Vec::new();
         }
+        let applied = entry
+            .parts
+            .iter()
+            .filter(|batch| self.apply_batch(batch))
+            .collect();
+        self.applied_index = index;
+        applied
+    }
+
+    fn apply_batch(&mut self, batch: &ShardBatch) -> bool {
         if batch
             .batch_id
             .as_ref()
             .is_some_and(|id| self.batches.contains_key(id))
         {
-            self.applied_index = index;
             return false;
         }
         // Arrival order: the ingesting node's clock, then the position in the batch. Fits in
@@ -282,7 +292,6 @@ impl ShardState {
                 },
             );
         }
-        self.applied_index = index;
         true
     }
 
@@ -638,6 +647,10 @@ mod tests {
         }
     }
 
+    fn one(b: &ShardBatch) -> ShardEntry {
+        b.clone().into()
+    }
+
     fn batch(points: Vec<DataPoint>) -> ShardBatch {
         ShardBatch {
             shard: 0,
@@ -670,8 +683,8 @@ mod tests {
             point("clicks", 10_000, 2.0, &[("country", "de")]),
             point("clicks", 1_000, 4.0, &[("country", "fr")]),
         ]);
-        s.apply(1, &b);
-        s.apply(1, &b);
+        s.apply(1, &one(&b));
+        s.apply(1, &one(&b));
         assert_eq!(s.applied_index(), 1);
         let p = s.query(&query("clicks", vec![], &[]));
         let buckets = &p[&vec![]];
@@ -695,7 +708,7 @@ mod tests {
                 )
             })
             .collect();
-        s.apply(1, &batch(pts.clone()));
+        s.apply(1, &one(&batch(pts.clone())));
         let mut q = query("m", vec![], &[]);
         q.start_ms = 0;
         q.end_ms = 3_000_000;
@@ -733,15 +746,42 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_applies_its_batches_in_order_and_a_key_once_even_twice_in_one_entry() {
+        let mut s = ShardState::new(0, Layout::default());
+        let keyed = |id: &str, v: f64| ShardBatch {
+            batch_id: Some(id.into()),
+            ..batch(vec![point("m", 1, v, &[("a", "b")])])
+        };
+        let entry = ShardEntry::new(vec![keyed("k1", 1.0), keyed("k2", 2.0), keyed("k1", 4.0)]);
+        let applied: Vec<f64> = s
+            .apply(1, &entry)
+            .iter()
+            .map(|b| b.points.iter().next().unwrap().value)
+            .collect();
+        assert_eq!(applied, [1.0, 2.0]);
+        assert_eq!(s.applied_index(), 1);
+        // The same entry again (a replayed log): nothing.
+        assert!(s.apply(1, &entry).is_empty());
+        // The key in a later entry: skipped; a new key: applied.
+        let later = ShardEntry::new(vec![keyed("k2", 8.0), keyed("k3", 16.0)]);
+        assert_eq!(s.apply(2, &later).len(), 1);
+        let sum: f64 = s.query(&query("m", vec![], &[]))[&vec![]]
+            .iter()
+            .map(|c| c.1.sum)
+            .sum();
+        assert_eq!(sum, 1.0 + 2.0 + 16.0);
+    }
+
+    #[test]
     fn filters_and_group_by() {
         let mut s = ShardState::new(0, Layout::default());
         s.apply(
             1,
-            &batch(vec![
+            &ShardEntry::from(batch(vec![
                 point("c", 1, 1.0, &[("country", "de"), ("os", "ios")]),
                 point("c", 1, 2.0, &[("country", "fr"), ("os", "ios")]),
                 point("c", 1, 4.0, &[("country", "us")]),
-            ]),
+            ])),
         );
         let f = |k: &str, v: &str, n| Filter {
             key: k.into(),
@@ -778,14 +818,14 @@ mod tests {
     #[test]
     fn snapshot_round_trip_keeps_state() {
         let mut s = ShardState::new(3, Layout::default());
-        s.apply(7, &batch(vec![point("m", 5, 1.5, &[("a", "b")])]));
+        s.apply(7, &one(&batch(vec![point("m", 5, 1.5, &[("a", "b")])])));
         let bytes = protocol::codec::encode(&s.to_snapshot()).expect("encode");
         let back: Snapshot = protocol::codec::decode(&bytes).expect("decode");
         let r = ShardState::from_snapshot(back);
         assert_eq!(r.applied_index(), 7);
         assert_eq!(r.shard(), 3);
         assert_eq!(r.metrics()["m"], 1);
-        s.apply(8, &batch(vec![point("m", 6, 1.0, &[("a", "b")])]));
+        s.apply(8, &one(&batch(vec![point("m", 6, 1.0, &[("a", "b")])])));
         assert_eq!(s.stats().series, 1);
     }
 
@@ -821,8 +861,8 @@ mod tests {
                 received.points,
                 protocol::batch::Points::Encoded(_)
             ));
-            assert!(here.apply(i as u64 + 1, b));
-            assert!(there.apply(i as u64 + 1, &received));
+            assert_eq!(here.apply(i as u64 + 1, &one(b)).len(), 1);
+            assert_eq!(there.apply(i as u64 + 1, &one(&received)).len(), 1);
         }
         let snap = |s: &mut ShardState| protocol::codec::encode(&s.to_snapshot()).expect("encode");
         assert_eq!(snap(&mut here), snap(&mut there));
@@ -848,9 +888,9 @@ mod tests {
                 .collect();
             total += pts.iter().map(|p| p.value).sum::<f64>();
             let b = batch(pts);
-            eager.apply(round as u64 + 1, &b);
+            eager.apply(round as u64 + 1, &one(&b));
             eager.settle();
-            lazy.apply(round as u64 + 1, &b);
+            lazy.apply(round as u64 + 1, &one(&b));
         }
         assert!(
             !lazy.pending.is_empty(),

@@ -256,7 +256,7 @@ async fn reopen_keeps_entries_vote_purge_and_truncation() {
 
 openraft::declare_raft_types!(
     pub BatchConfig:
-        D = protocol::ShardBatch,
+        D = protocol::ShardEntry,
         R = (),
         Node = Member,
 );
@@ -264,7 +264,7 @@ openraft::declare_raft_types!(
 fn batch_entry(term: u64, index: u64, batch: protocol::ShardBatch) -> openraft::Entry<BatchConfig> {
     openraft::Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(batch),
+        payload: EntryPayload::Normal(batch.into()),
     }
 }
 
