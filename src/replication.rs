@@ -502,7 +502,19 @@ impl RaftGroups {
         let mut elsewhere: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for id in wanted {
             self.group(id)?;
-            match self.leader(id) {
+            // A group may be between leaders (an election, a hand-over after a node joined):
+            // wait for one, as a write does.
+            let started = Instant::now();
+            let leader = loop {
+                match self.leader(id) {
+                    Some((l, leader)) if l == self.node_id || leader.is_some() => {
+                        break Some((l, leader))
+                    }
+                    _ if started.elapsed() > LEADER_WAIT => break None,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            match leader {
                 Some((l, _)) if l == self.node_id => here.push(id),
                 Some((_, Some(leader))) if hops < 2 => {
                     elsewhere.entry(leader.quic).or_default().push(id)
