@@ -263,15 +263,20 @@ async fn handovers(node: &Node, outcome: &str) -> u64 {
         .expect("the hand-over counter is in /metrics")
 }
 
-/// The leader each shard should have (the shard map's: `protocol::point::leaders`), for the
-/// nodes in `view` and the default replication factor.
-fn preferred_leaders(view: &serde_json::Value) -> Vec<u64> {
-    let ids: Vec<u64> = view["nodes"]
+/// The ids of the nodes in a cluster view.
+fn node_ids(view: &serde_json::Value) -> Vec<u64> {
+    view["nodes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| n["id"].as_u64().unwrap())
-        .collect();
+        .collect()
+}
+
+/// The leader each shard should have (the shard map's: `protocol::point::leaders`), for the
+/// nodes in `view` and the default replication factor.
+fn preferred_leaders(view: &serde_json::Value) -> Vec<u64> {
+    let ids = node_ids(view);
     let shards = view["shards"].as_array().unwrap().len() as u32;
     protocol::point::shard_leaders(shards, &ids, 3)
         .into_iter()
@@ -282,12 +287,7 @@ fn preferred_leaders(view: &serde_json::Value) -> Vec<u64> {
 /// Whether every shard in `view` is on the replicas the shard map puts it on (a node's view
 /// of a shard it does not hold is what it last heard, so it can lag behind a move).
 fn replicas_as_mapped(view: &serde_json::Value) -> bool {
-    let ids: Vec<u64> = view["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_u64().unwrap())
-        .collect();
+    let ids = node_ids(view);
     view["shards"].as_array().unwrap().iter().all(|s| {
         let mut listed: Vec<u64> = s["replicas"]
             .as_array()
