@@ -74,17 +74,14 @@ where
         if let Some(bytes) = data.entry_bytes(&prefix) {
             return Ok(bytes);
         }
-        let bytes: std::sync::Arc<[u8]> = match data.payload_bytes() {
-            // The same bytes `encode(self)` writes: the log id, the payload's variant, the
-            // payload (see `decode`).
-            Some(payload) => {
-                let mut out = Vec::with_capacity(prefix.len() + 1 + payload.len());
-                out.extend_from_slice(&prefix);
-                out.push(NORMAL_TAG);
-                out.extend_from_slice(&payload);
-                out.into()
-            }
-            None => protocol::codec::encode(self)?.into(),
+        // The same bytes `encode(self)` writes: the log id, the payload's variant, the payload
+        // (see `decode`).
+        let mut out = prefix;
+        out.push(NORMAL_TAG);
+        let bytes: std::sync::Arc<[u8]> = if data.write_kept_payload(&mut out) {
+            out.into()
+        } else {
+            protocol::codec::encode(self)?.into()
         };
         data.keep_entry_bytes(bytes.clone());
         Ok(bytes)

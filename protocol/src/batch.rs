@@ -56,11 +56,6 @@ impl ShardEntry {
             encoded: Default::default(),
         }
     }
-
-    /// Points in all the entry's batches.
-    pub fn points(&self) -> usize {
-        self.parts.iter().map(|b| b.points.len()).sum()
-    }
 }
 
 impl From<ShardBatch> for ShardEntry {
@@ -108,15 +103,19 @@ impl crate::codec::EntryBytes for ShardEntry {
     }
 
     /// The list's length as serde writes it, then each batch's kept encoding.
-    fn payload_bytes(&self) -> Option<Arc<[u8]>> {
+    fn write_kept_payload(&self, out: &mut Vec<u8>) -> bool {
         let parts: Option<Vec<Arc<[u8]>>> = self.parts.iter().map(|b| b.encoded.get()).collect();
-        let parts = parts?;
-        let mut out = crate::codec::encode(&(parts.len() as u64)).ok()?;
+        let Some(parts) = parts else { return false };
+        let start = out.len();
+        if crate::codec::encode_into(&(parts.len() as u64), out).is_err() {
+            out.truncate(start);
+            return false;
+        }
         out.reserve(parts.iter().map(|p| p.len()).sum());
         for p in &parts {
             out.extend_from_slice(p);
         }
-        Some(out.into())
+        true
     }
 
     fn held_bytes(&self) -> usize {

@@ -105,11 +105,11 @@ pub trait EntryBytes {
     fn held_bytes(&self) -> usize {
         0
     }
-    /// The payload's own encoding ([`encode`]'s bytes), if it was kept: an entry's encoding is
-    /// its log id's, the payload variant's, then these, so it is built without encoding the
-    /// payload again.
-    fn payload_bytes(&self) -> Option<Arc<[u8]>> {
-        None
+    /// Appends the payload's own encoding ([`encode`]'s bytes) to `out` from what was kept,
+    /// without encoding the payload again (an entry's encoding is its log id's, the payload
+    /// variant's, then these). Returns false, leaving `out` as it was, if nothing was kept.
+    fn write_kept_payload(&self, _out: &mut Vec<u8>) -> bool {
+        false
     }
 }
 
@@ -540,8 +540,9 @@ mod tests {
             // received): the entry's payload is those bytes, without encoding them again.
             prop_assert!(parts.iter().all(|b| b.encoded.get().is_none()));
             let kept: Vec<Arc<[u8]>> = parts.iter().map(|b| b.batch_bytes().unwrap()).collect();
-            let built = entry.payload_bytes().unwrap();
-            prop_assert_eq!(&*built, bytes.as_slice());
+            let mut built = vec![7u8];
+            prop_assert!(entry.write_kept_payload(&mut built));
+            prop_assert_eq!(&built[1..], bytes.as_slice());
             for (b, k) in parts.iter().zip(&kept) {
                 prop_assert!(Arc::ptr_eq(&b.encoded.get().unwrap(), k));
             }
