@@ -1033,6 +1033,18 @@ struct Led {
     not_before: Instant,
 }
 
+impl Led {
+    /// Led in `term` from `now`, no hand-over tried yet.
+    fn new(term: u64, now: Instant) -> Self {
+        Self {
+            term,
+            since: now,
+            failures: 0,
+            not_before: now,
+        }
+    }
+}
+
 /// Leader balancing. openraft 0.9 has no leadership transfer; a hand-over is an election the
 /// leader arranges so that it wins: the leader stops proposing in the shard (its gate), waits
 /// until the chosen replica holds its whole log, and asks it to call an election. Its vote
@@ -1082,19 +1094,11 @@ impl RaftGroups {
                 continue;
             }
             let now = Instant::now();
-            let entry = led.entry(shard).or_insert(Led {
-                term: m.current_term,
-                since: now,
-                failures: 0,
-                not_before: now,
-            });
+            let entry = led
+                .entry(shard)
+                .or_insert_with(|| Led::new(m.current_term, now));
             if entry.term != m.current_term {
-                *entry = Led {
-                    term: m.current_term,
-                    since: now,
-                    failures: 0,
-                    not_before: now,
-                };
+                *entry = Led::new(m.current_term, now);
             }
             // Only to a node whose probe answered just now (a dead one would keep the
             // shard's writes paused for the hand-over's whole second, every second).

@@ -6,10 +6,9 @@
 //! each replica of the shard an append, a message, a log record and an apply per request —
 //! work a replicated shard pays on three nodes, a single node once. Under 32 connections of
 //! 1 000-point requests, entries of about five shares let one node take 39 % more points a
-//! second and three nodes 45 % more (the README has the figures; `cargo bench --bench
-//! cluster` prints the shares per entry). A
-//! batch alone on an idle shard goes at once, as before; only a busy shard's wait for its
-//! entries in flight is spent gathering the next one.
+//! second and three nodes 45 % more (measured by hand, see the README; `cargo bench --bench
+//! cluster` prints the shares per entry). A batch alone on an idle shard goes at once, as
+//! before; only a busy shard's wait for its entries in flight is spent gathering the next.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
