@@ -56,19 +56,9 @@ const LOADS: [(&str, u64, u64); 2] = [
 async fn written(nodes: &[&common::ClusterNode]) -> (f64, f64) {
     let mut sum = (0.0, 0.0);
     for n in nodes {
-        let text = reqwest::get(format!("{}/metrics", n.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let counter = |name: &str| -> f64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-                .unwrap_or(0.0)
-        };
-        sum.0 += counter("pulseboard_shard_entries_total ");
-        sum.1 += counter("pulseboard_shard_entry_batches_total ");
+        let text = common::metrics(&n.base).await;
+        sum.0 += common::metric(&text, "pulseboard_shard_entries_total");
+        sum.1 += common::metric(&text, "pulseboard_shard_entry_batches_total");
     }
     sum
 }
@@ -230,22 +220,9 @@ fn main() {
     let (c0, t0) = (cpu(), std::time::Instant::now());
     std::thread::sleep(Duration::from_secs(20));
     let per_node = (cpu() - c0) / t0.elapsed().as_secs_f64() / 3.0;
-    let metrics = rt.block_on(async {
-        reqwest::get(format!("{}/metrics", nodes[0].base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    let rpcs = counter("pulseboard_raft_batched_rpcs_total ");
-    let frames = counter("pulseboard_raft_batch_frames_total ");
+    let metrics = rt.block_on(common::metrics(&nodes[0].base));
+    let rpcs = common::metric(&metrics, "pulseboard_raft_batched_rpcs_total");
+    let frames = common::metric(&metrics, "pulseboard_raft_batch_frames_total");
     println!(
         "3 nodes, {shards} shards, idle: {:.1} % of a core per node; heartbeats and votes: {:.1} per frame",
         per_node * 100.0,

@@ -76,6 +76,23 @@ pub async fn start_with(extra: &[&str]) -> Server {
     }
 }
 
+/// The node's `/metrics` text.
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the series `name` (with its labels, if any) in a `/metrics` text; 0 if absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A session token for `admin` on the node at `base`.
 pub async fn login(base: &str) -> String {
     let r: Value = reqwest::Client::new()

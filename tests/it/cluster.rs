@@ -255,12 +255,10 @@ async fn three_nodes(root: &std::path::Path) -> (Vec<Node>, serde_json::Value) {
 
 /// Shard leaderships `node` handed over with `outcome` (`done` or `failed`), from /metrics.
 async fn handovers(node: &Node, outcome: &str) -> u64 {
-    let line = format!("pulseboard_leader_handovers_total{{outcome=\"{outcome}\"}} ");
-    node.metrics_text()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
-        .expect("the hand-over counter is in /metrics")
+    node.counter(&format!(
+        "pulseboard_leader_handovers_total{{outcome=\"{outcome}\"}}"
+    ))
+    .await
 }
 
 /// The ids of the nodes in a cluster view.

@@ -203,6 +203,14 @@ impl Node {
             .expect("metrics text")
     }
 
+    /// The value of the counter `series` (its name, and its labels if any) in `/metrics`.
+    pub async fn counter(&self, series: &str) -> u64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} is not in /metrics:\n{text}"))
+    }
+
     /// A new API key with the ingest scope (as the admin makes it).
     pub async fn ingest_key(&self) -> String {
         let (status, body) = self

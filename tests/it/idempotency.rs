@@ -118,22 +118,13 @@ async fn keys_survive_a_crash_and_a_restart() {
     drop(guard);
 }
 
-/// The value of the counter `name` in the node's /metrics.
-async fn counter(node: &Node, name: &str) -> u64 {
-    node.metrics_text()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} is not in /metrics"))
-}
-
 #[tokio::test]
 async fn requests_reaching_a_busy_shard_share_its_next_entry_and_each_counts_once() {
     // A slow disk (every fsync 20 ms longer): requests reach each shard while its entry
     // before is being written, and go together as the next one.
     let node = Node::start_with(&["--simulated-fsync-delay", "20ms"]).await;
-    let entries = counter(&node, "pulseboard_shard_entries_total").await;
-    let shares = counter(&node, "pulseboard_shard_entry_batches_total").await;
+    let entries = node.counter("pulseboard_shard_entries_total").await;
+    let shares = node.counter("pulseboard_shard_entry_batches_total").await;
     let bodies: Vec<Value> = (0..48).map(|_| batch("together", 20)).collect();
     let keys: Vec<String> = (0..48).map(|i| format!("together-{i}")).collect();
     let calls = bodies
@@ -143,8 +134,8 @@ async fn requests_reaching_a_busy_shard_share_its_next_entry_and_each_counts_onc
     for (s, b) in futures_util::future::join_all(calls).await {
         assert_eq!((s, b), (200, json!({"accepted": 20})));
     }
-    let entries = counter(&node, "pulseboard_shard_entries_total").await - entries;
-    let shares = counter(&node, "pulseboard_shard_entry_batches_total").await - shares;
+    let entries = node.counter("pulseboard_shard_entries_total").await - entries;
+    let shares = node.counter("pulseboard_shard_entry_batches_total").await - shares;
     // Each request's 20 points (7 hosts) touch a few of the 16 shards.
     assert!(shares >= 48, "{shares} shares of 48 requests");
     assert!(
