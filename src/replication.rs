@@ -65,6 +65,8 @@ pub struct RaftGroups {
     /// Every node's addresses as last seen (a leaving node's stay reachable while it hands
     /// over the groups it leads).
     known: RwLock<HashMap<u64, Member>>,
+    /// When each peer last answered the failure detector's probe (first asked, if never).
+    heard: RwLock<HashMap<u64, Instant>>,
     /// Per shard: proposals here hold it shared; a leader handing the shard's leadership to
     /// another node holds it alone, so nothing is proposed while the other catches up and
     /// takes over ([`RaftGroups::hand_over`]).
@@ -142,6 +144,7 @@ impl RaftGroups {
             })),
             directory: RwLock::new(Arc::new(HashMap::new())),
             known: RwLock::new(HashMap::new()),
+            heard: RwLock::new(HashMap::new()),
             gates,
             queues,
             changing,
@@ -340,19 +343,36 @@ impl RaftGroups {
                     if let Some(silent) = cut_off(raft) {
                         // Nothing proposed yet: the client can go to another node at once
                         // instead of waiting for a commit that cannot come.
-                        return Err(Error::Unavailable(format!(
-                            "shard {shard}: this node leads it but has not heard from a majority of its replicas for {silent} ms (cut off?); retry on another node"
-                        )));
+                        return Err(leader_cut_off(shard, silent));
                     }
                     // Cloning a batch shares its points.
                     let write = self.write(shard, batch.clone());
                     // A leader cut off from its peers cannot commit; it finds out only when
-                    // the partition heals. The client hears of it well before then.
-                    let Ok(written) = tokio::time::timeout(LEADER_WAIT, write).await else {
-                        return Err(Error::Unavailable(format!(
-                            "shard {shard}: not committed within {} s (this node may be cut off from its peers); retry",
-                            LEADER_WAIT.as_secs()
-                        )));
+                    // the partition heals (or, cut off one way, may never hear of the leader
+                    // elected meanwhile: QUIC stops sending to a peer whose acknowledgements
+                    // do not come). The client hears of it once a majority has been silent
+                    // for `QUORUM_SILENCE_MS` (the write may still commit if the partition
+                    // heals: only the client can retry safely).
+                    let written = tokio::select! {
+                        written = tokio::time::timeout(LEADER_WAIT, write) => match written {
+                            Ok(w) => w,
+                            Err(_) => return Err(Error::Unavailable(format!(
+                                "shard {shard}: not committed within {} s (this node may be cut off from its peers); retry",
+                                LEADER_WAIT.as_secs()
+                            ))),
+                        },
+                        silent = cuts_off(raft) => return Err(leader_cut_off(shard, silent)),
+                        // Deposed (cut off one way, it hears the new leader) with the write
+                        // still unanswered: openraft answers it only once the new leader
+                        // overwrites the entry, and that may never come.
+                        () = async {
+                            leader_changes(raft, self.node_id).await;
+                            tokio::time::sleep(DEPOSED_GRACE).await;
+                        } => {
+                            return Err(Error::Unavailable(format!(
+                                "shard {shard}: this node stopped leading it while the write was in flight; retry"
+                            )));
+                        }
                     };
                     match written {
                         Ok(_) => return Ok(()),
@@ -368,6 +388,10 @@ impl RaftGroups {
             };
             match leader {
                 Some((l, Some(node))) if l != self.node_id => {
+                    if let Some(silent) = self.silent(l) {
+                        // Nothing sent: the client can go to another node at once.
+                        return Err(unanswered(shard, l, silent));
+                    }
                     let addr: SocketAddr = node.quic.parse().map_err(|e| {
                         Error::Internal(format!("leader address {}: {e}", node.quic))
                     })?;
@@ -381,17 +405,19 @@ impl RaftGroups {
                             .to_vec(),
                     };
                     // A dead leader does not answer until its connection times out; the
-                    // election that replaces it is the sooner sign. Waiting for either:
-                    let deposed = self.deposed(shard, l);
+                    // election that replaces it is the sooner sign. And a leader this node
+                    // cannot reach (this node cut off from it, one way or both) may go on
+                    // leading: its silence to this node's probes is the sign then. Waiting
+                    // for any of them (the leader may have committed the write before: only
+                    // the client can retry safely):
                     let answer = tokio::select! {
                         answer = self.transport.call(addr, &request) => answer,
-                        () = deposed => {
-                            // It may have committed before it lost leadership: only the client
-                            // can retry safely.
+                        () = self.deposed(shard, l) => {
                             return Err(Error::Unavailable(format!(
                                 "shard {shard}: its leader changed while the write was in flight; retry"
                             )));
                         }
+                        silent = self.falls_silent(l) => return Err(unanswered(shard, l, silent)),
                     };
                     match answer {
                         Ok(_) => return Ok(()),
@@ -411,9 +437,49 @@ impl RaftGroups {
                         LEADER_WAIT.as_secs()
                     )))
                 }
-                _ => {}
+                // No leader known, and no other node answers: no election this node could
+                // hear of is coming.
+                _ => {
+                    if let Some(silent) = self.isolated() {
+                        return Err(Error::Unavailable(format!(
+                            "shard {shard}: no leader known, and no other node has answered this node for {} ms (cut off?); retry on another node",
+                            silent.as_millis()
+                        )));
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How long peer `id` has not answered this node's probes, if longer than
+    /// [`PEER_SILENCE`].
+    fn silent(&self, id: u64) -> Option<Duration> {
+        let heard = self.heard.read().unwrap_or_else(|p| p.into_inner());
+        heard
+            .get(&id)
+            .map(Instant::elapsed)
+            .filter(|&d| d > PEER_SILENCE)
+    }
+
+    /// How long the peer heard from last has not answered this node's probes, if every peer
+    /// has been silent for longer than [`PEER_SILENCE`] (and there is one).
+    fn isolated(&self) -> Option<Duration> {
+        let heard = self.heard.read().unwrap_or_else(|p| p.into_inner());
+        heard
+            .values()
+            .map(Instant::elapsed)
+            .min()
+            .filter(|&d| d > PEER_SILENCE)
+    }
+
+    /// Resolves once peer `id` has not answered this node's probes for [`PEER_SILENCE`].
+    async fn falls_silent(&self, id: u64) -> Duration {
+        loop {
+            if let Some(silent) = self.silent(id) {
+                return silent;
+            }
+            tokio::time::sleep(PING_EVERY).await;
         }
     }
 
@@ -1276,6 +1342,44 @@ impl Drop for Changing<'_> {
 /// election timeouts (by then the others have elected a new leader).
 const QUORUM_SILENCE_MS: u64 = 1_000;
 
+/// Resolves (with [`cut_off`]'s silence) once this node leads `raft`'s group but has not
+/// heard from a majority for [`QUORUM_SILENCE_MS`]; never while it does not lead it.
+async fn cuts_off(raft: &dyn GroupRpc) -> u64 {
+    loop {
+        if let Some(silent) = cut_off(raft) {
+            return silent;
+        }
+        tokio::time::sleep(PING_EVERY).await;
+    }
+}
+
+/// The error for a write to `shard`, which this node leads but whose majority it has not
+/// heard from for `silent` ms.
+fn leader_cut_off(shard: u32, silent: u64) -> Error {
+    Error::Unavailable(format!(
+        "shard {shard}: this node leads it but has not heard from a majority of its replicas for {silent} ms (cut off?); retry on another node"
+    ))
+}
+
+/// How long a write in flight at a leader that lost its leadership waits for openraft's own
+/// answer before the client is told to retry.
+const DEPOSED_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a peer may leave this node's probes unanswered before this node stops forwarding
+/// writes to it (and gives up on those in flight): as long as a leader waits for a majority.
+/// A node whose messages to the others are lost hears the others, and so goes on taking its
+/// clients' writes; without this it would hold each until its forward timed out.
+const PEER_SILENCE: Duration = Duration::from_millis(QUORUM_SILENCE_MS);
+
+/// The error for a write whose shard's leader `leader` has not answered this node for
+/// `silent`.
+fn unanswered(shard: u32, leader: u64, silent: Duration) -> Error {
+    Error::Unavailable(format!(
+        "shard {shard}: its leader, node {leader}, has not answered this node for {} ms (this node may be cut off from it); retry on another node",
+        silent.as_millis()
+    ))
+}
+
 /// `Some(ms)` if this node leads the group but has not heard from a majority for longer than
 /// [`QUORUM_SILENCE_MS`] (it is cut off, or its peers are down).
 fn cut_off(raft: &dyn GroupRpc) -> Option<u64> {
@@ -1540,6 +1644,10 @@ impl RaftGroups {
                     }
                 }
                 *me.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
+                me.heard
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone_from(&heard.iter().map(|(&id, &t)| (id, t)).collect());
                 for (id, shards) in &leaders {
                     if heard.get(id).is_some_and(|t| t.elapsed() >= SUSPECT_AFTER) {
                         suspects.extend(shards.iter().map(|&s| (s, Some(*id))));
