@@ -67,6 +67,9 @@ pub struct RaftGroups {
     known: RwLock<HashMap<u64, Member>>,
     /// When each peer last answered the failure detector's probe (first asked, if never).
     heard: RwLock<HashMap<u64, Instant>>,
+    /// Sent after each round of the failure detector: writes in flight look then whether
+    /// to give up ([`RaftGroups::given_up`]).
+    rounds: tokio::sync::watch::Sender<()>,
     /// Per shard: proposals here hold it shared; a leader handing the shard's leadership to
     /// another node holds it alone, so nothing is proposed while the other catches up and
     /// takes over ([`RaftGroups::hand_over`]).
@@ -145,6 +148,7 @@ impl RaftGroups {
             directory: RwLock::new(Arc::new(HashMap::new())),
             known: RwLock::new(HashMap::new()),
             heard: RwLock::new(HashMap::new()),
+            rounds: tokio::sync::watch::Sender::new(()),
             gates,
             queues,
             changing,
@@ -361,18 +365,7 @@ impl RaftGroups {
                                 LEADER_WAIT.as_secs()
                             ))),
                         },
-                        silent = cuts_off(raft) => return Err(leader_cut_off(shard, silent)),
-                        // Deposed (cut off one way, it hears the new leader) with the write
-                        // still unanswered: openraft answers it only once the new leader
-                        // overwrites the entry, and that may never come.
-                        () = async {
-                            leader_changes(raft, self.node_id).await;
-                            tokio::time::sleep(DEPOSED_GRACE).await;
-                        } => {
-                            return Err(Error::Unavailable(format!(
-                                "shard {shard}: this node stopped leading it while the write was in flight; retry"
-                            )));
-                        }
+                        e = self.given_up(shard, raft, self.node_id) => return Err(e),
                     };
                     match written {
                         Ok(_) => return Ok(()),
@@ -417,7 +410,7 @@ impl RaftGroups {
                                 "shard {shard}: its leader changed while the write was in flight; retry"
                             )));
                         }
-                        silent = self.falls_silent(l) => return Err(unanswered(shard, l, silent)),
+                        e = self.given_up(shard, raft, l) => return Err(e),
                     };
                     match answer {
                         Ok(_) => return Ok(()),
@@ -473,13 +466,41 @@ impl RaftGroups {
             .filter(|&d| d > PEER_SILENCE)
     }
 
-    /// Resolves once peer `id` has not answered this node's probes for [`PEER_SILENCE`].
-    async fn falls_silent(&self, id: u64) -> Duration {
+    /// Resolves, with the error to answer, once a write to `shard` in flight at `leader`
+    /// should be given up (looked at after each round of the failure detector, not on each
+    /// change of the group's metrics: a leader's change with every entry and acknowledgement,
+    /// and waking every write in flight on each is measurable in the cluster bench):
+    /// - `leader` is this node, and it has not heard from a majority for
+    ///   [`QUORUM_SILENCE_MS`], or has not led the shard for [`DEPOSED_GRACE`] (cut off one
+    ///   way, it hears of the new leader; openraft answers the write only once the new leader
+    ///   overwrites its entry, and that may never come);
+    /// - `leader` is another node, silent to this node's probes for [`PEER_SILENCE`].
+    ///
+    /// The write may still commit (the partition heals, or the new leader had the entry):
+    /// only the client can retry safely.
+    async fn given_up(&self, shard: u32, raft: &dyn GroupRpc, leader: u64) -> Error {
+        let mut rounds = self.rounds.subscribe();
+        let mut deposed: Option<Instant> = None;
         loop {
-            if let Some(silent) = self.silent(id) {
-                return silent;
+            if rounds.changed().await.is_err() {
+                return std::future::pending().await;
             }
-            tokio::time::sleep(PING_EVERY).await;
+            if leader != self.node_id {
+                if let Some(silent) = self.silent(leader) {
+                    return unanswered(shard, leader, silent);
+                }
+                continue;
+            }
+            if let Some(silent) = cut_off(raft) {
+                return leader_cut_off(shard, silent);
+            }
+            if leader_of(raft).map(|(l, _)| l) == Some(self.node_id) {
+                deposed = None;
+            } else if deposed.get_or_insert_with(Instant::now).elapsed() >= DEPOSED_GRACE {
+                return Error::Unavailable(format!(
+                    "shard {shard}: this node stopped leading it while the write was in flight; retry"
+                ));
+            }
         }
     }
 
@@ -1342,17 +1363,6 @@ impl Drop for Changing<'_> {
 /// election timeouts (by then the others have elected a new leader).
 const QUORUM_SILENCE_MS: u64 = 1_000;
 
-/// Resolves (with [`cut_off`]'s silence) once this node leads `raft`'s group but has not
-/// heard from a majority for [`QUORUM_SILENCE_MS`]; never while it does not lead it.
-async fn cuts_off(raft: &dyn GroupRpc) -> u64 {
-    loop {
-        if let Some(silent) = cut_off(raft) {
-            return silent;
-        }
-        tokio::time::sleep(PING_EVERY).await;
-    }
-}
-
 /// The error for a write to `shard`, which this node leads but whose majority it has not
 /// heard from for `silent` ms.
 fn leader_cut_off(shard: u32, silent: u64) -> Error {
@@ -1648,6 +1658,7 @@ impl RaftGroups {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone_from(&heard.iter().map(|(&id, &t)| (id, t)).collect());
+                me.rounds.send_replace(());
                 for (id, shards) in &leaders {
                     if heard.get(id).is_some_and(|t| t.elapsed() >= SUSPECT_AFTER) {
                         suspects.extend(shards.iter().map(|&s| (s, Some(*id))));
