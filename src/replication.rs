@@ -467,9 +467,9 @@ impl RaftGroups {
     }
 
     /// Resolves, with the error to answer, once a write to `shard` in flight at `leader`
-    /// should be given up (looked at after each round of the failure detector, not on each
-    /// change of the group's metrics: a leader's change with every entry and acknowledgement,
-    /// and waking every write in flight on each is measurable in the cluster bench):
+    /// should be given up (looked at after each round of the failure detector, through one
+    /// channel for every write, rather than by a timer and a watch on the group's metrics
+    /// per write: a leader's metrics change with every entry and acknowledgement):
     /// - `leader` is this node, and it has not heard from a majority for
     ///   [`QUORUM_SILENCE_MS`], or has not led the shard for [`DEPOSED_GRACE`] (cut off one
     ///   way, it hears of the new leader; openraft answers the write only once the new leader
