@@ -212,7 +212,7 @@ fn meta_store(config: &Config) -> std::sync::Arc<pulseboard::meta::MetaStore> {
 
 /// What the node that makes a batch does to send and log it (encode and compress), and what
 /// a follower does with each batch it receives before applying it: decompress and check it
-/// on receipt (`decode_shard_batch`, bincode's own decoders), then read its points in place,
+/// on receipt (`decode_shard_batch`), then read its points in place,
 /// with and without computing each point's series hash.
 fn received_batch(batch: &ShardBatch) {
     let bytes = protocol::codec::encode(batch).unwrap();
