@@ -122,27 +122,29 @@ async fn a_node_cut_off_one_way_refuses_writes_instead_of_holding_them() {
     );
     assert!(answers.len() >= 3, "{answers:?}");
 
-    // The others elect leaders for the victim's shards and take writes meanwhile; healed,
-    // the victim takes writes again.
-    for (node, token, what) in [
-        (other, &tokens[1], "others"),
-        (victim, &tokens[0], "healed"),
-    ] {
-        if node == victim {
-            cluster.faults.heal();
-        }
-        let retried = async {
-            for n in 0.. {
-                if let Ok(r) = write(node, token, format!("{what}-{n}")).await {
-                    if r.status().is_success() {
-                        return;
+    // Retries writes through `node` until one is taken, for at most 15 s.
+    let taken = |node: usize, token: &str, what: &'static str| {
+        let token = token.to_owned();
+        let write = &write;
+        async move {
+            let retried = async {
+                for n in 0.. {
+                    if let Ok(r) = write(node, &token, format!("{what}-{n}")).await {
+                        if r.status().is_success() {
+                            return;
+                        }
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), retried)
-            .await
-            .unwrap_or_else(|_| panic!("no write through node {node} taken ({what})"));
-    }
+            };
+            tokio::time::timeout(Duration::from_secs(15), retried)
+                .await
+                .unwrap_or_else(|_| panic!("no write through node {node} taken ({what})"));
+        }
+    };
+    // The others elect leaders for the victim's shards and take writes meanwhile.
+    taken(other, &tokens[1], "others").await;
+    // Healed, the victim takes writes again.
+    cluster.faults.heal();
+    taken(victim, &tokens[0], "healed").await;
 }
