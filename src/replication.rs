@@ -466,9 +466,8 @@ impl RaftGroups {
     /// should be given up, looked at every [`PING_EVERY`] — not on every change of the
     /// group's metrics (a leader's change with every entry and acknowledgement), nor after
     /// each round of the failure detector's probes (a round waits out an unanswered probe's
-    /// 0.5 s, so when a peer is cut off the writes were held that much longer: in the full
-    /// chaos run, partitions had acknowledged writes in a median 45 % (two-way) and 60 %
-    /// (one-way) of the slots against 71 % and 78.5 % with a 100 ms look):
+    /// 0.5 s, so writes to a peer just cut off were held that much longer; the README gives
+    /// the full chaos runs of both forms):
     /// - `leader` is this node, and it has not heard from a majority for
     ///   [`QUORUM_SILENCE_MS`], or has not led the shard for [`DEPOSED_GRACE`] (cut off one
     ///   way, it hears of the new leader; openraft answers the write only once the new leader
