@@ -572,7 +572,8 @@ mod tests {
                 bytes.truncate(cut.index(bytes.len() + 1));
             }
             match (decode::<ShardEntry>(&bytes), decode_shard_entry(&bytes)) {
-                (Ok(a), Ok(f)) => prop_assert_eq!(a, f),
+                // Compared as encoded: damage can make a value NaN, which equals nothing.
+                (Ok(a), Ok(f)) => prop_assert_eq!(encode(&a).unwrap(), encode(&f).unwrap()),
                 (Err(_), Err(_)) => {}
                 (a, f) => prop_assert!(false, "serde {a:?}, fast {f:?}"),
             }
@@ -596,7 +597,8 @@ mod tests {
             let slow = decode::<ShardBatch>(&bytes);
             let fast = decode_shard_batch(&bytes);
             match (slow, fast) {
-                (Ok(a), Ok(f)) => prop_assert_eq!(a, f),
+                // As encoded, for the same reason as above.
+                (Ok(a), Ok(f)) => prop_assert_eq!(encode(&a).unwrap(), encode(&f).unwrap()),
                 (Err(_), Err(_)) => {}
                 (a, f) => prop_assert!(false, "serde {a:?}, fast {f:?}"),
             }
