@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use bincode::de::read::{BorrowReader, Reader};
-use bincode::de::{BorrowDecode, BorrowDecoder, Decode, Decoder, DecoderImpl};
+use bincode::de::{BorrowDecode, BorrowDecoder, Decode, DecoderImpl};
 use bincode::error::DecodeError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::batch::{Dims, EncodedPoints, PointRef, Points};
-use crate::{DataPoint, ShardBatch, ShardEntry};
+use crate::{ShardBatch, ShardEntry};
 
 /// The most a single decoded value may allocate.
 pub const DECODE_LIMIT: usize = 256 << 20;
@@ -231,13 +231,14 @@ pub(crate) fn decompress_points(compressed: &[u8]) -> Result<Points, CodecError>
             .decompress_vec(compressed)
             .map_err(damaged)?,
     );
-    let mut d = decoder(&raw);
-    let len = decode_len::<DataPoint, _>(&mut d).map_err(decode_error)?;
-    let from = d.borrow_reader().pos;
-    let mut r = Again {
-        buf: &raw,
-        pos: from,
-    };
+    // The count allocates nothing here: a count the bytes cannot hold fails at the first
+    // point missing.
+    let mut r = Again { buf: &raw, pos: 0 };
+    let len = r
+        .varint()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| CodecError::Decode("points: the count is cut short or damaged".into()))?;
+    let from = r.pos;
     for i in 0..len {
         r.check_point().map_err(|what| {
             CodecError::Decode(format!("point {i} of {len}: {what} cut short or damaged"))
@@ -306,12 +307,6 @@ impl<'a> BorrowReader<'a> for Cursor<'a> {
     fn take_bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         self.take(n)
     }
-}
-
-fn decode_len<T, D: Decoder>(d: &mut D) -> Result<usize, DecodeError> {
-    let n = usize::try_from(u64::decode(d)?).map_err(|_| DecodeError::OutsideUsizeRange(0))?;
-    d.claim_container_read::<T>(n)?;
-    Ok(n)
 }
 
 /// Reads points in place, as bincode lays them out (its standard configuration:
@@ -445,6 +440,7 @@ pub(crate) fn encoded_pairs(bytes: &[u8], len: usize) -> EncodedPairs<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DataPoint;
     use proptest::prelude::*;
 
     fn point_strategy() -> impl Strategy<Value = DataPoint> {
